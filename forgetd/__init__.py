@@ -1,0 +1,3 @@
+"""forgetd: honour erasure demands against the ML models you serve."""
+
+__version__ = "0.1.0"

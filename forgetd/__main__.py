@@ -1,0 +1,3 @@
+from forgetd.cli.main import main
+
+main()

@@ -1,0 +1,846 @@
+"""The library surface. The CLI parses, calls one function here, and renders what it returns.
+
+Every function takes a `Context` (settings, a lazily opened engine, the key ring) and runs each unit
+of work in one session scope. Return values are plain dicts and lists, ready for `--json`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from forgetd.config import Settings
+from forgetd.errors import ConfigError, DomainError, InputError, NotFoundError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    check_schema: bool = True
+    _engine: Any = field(default=None, repr=False)
+    _keyring: Any = field(default=None, repr=False)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from sqlalchemy.exc import OperationalError
+
+            from forgetd.db import schema
+            from forgetd.db.engine import make_engine
+
+            engine = make_engine(self.settings.database_url)
+            try:
+                if self.check_schema:
+                    schema.ensure_current(engine, self.settings.migrations_dir)
+                else:
+                    with engine.connect():
+                        pass
+            except OperationalError:
+                engine.dispose()
+                raise ConfigError(
+                    "cannot open the database; check FORGETD_DATABASE_URL and that the server is running",
+                    field="FORGETD_DATABASE_URL",
+                ) from None
+            self._engine = engine
+        return self._engine
+
+    @property
+    def keyring(self):
+        if self._keyring is None:
+            from forgetd.privacy import KeyRing, load_master_key
+
+            self._keyring = KeyRing(load_master_key(self.settings))
+        return self._keyring
+
+    @property
+    def actor(self) -> str:
+        from forgetd.intake import check_operator
+
+        return check_operator(self.settings.operator)
+
+    @property
+    def data_root(self) -> Path:
+        return self.settings.data_root or (self.settings.home / "data")
+
+    def session(self):
+        from forgetd.db.engine import session_scope
+
+        return session_scope(self.engine)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def open_context(settings: Settings, *, check_schema: bool = True) -> Context:
+    return Context(settings=settings, check_schema=check_schema)
+
+
+# --- setup and schema --------------------------------------------------------------------------------
+
+
+def init(ctx: Context) -> dict[str, Any]:
+    """Create FORGETD_HOME, the master key (mode 0600) unless one is configured, and the schema."""
+    from forgetd.privacy import create_master_key_file
+
+    ctx.settings.home.mkdir(parents=True, exist_ok=True)
+    created_key = False
+    if not ctx.settings.master_key_env:
+        created_key = create_master_key_file(ctx.settings.master_key_file)
+    result = db_upgrade(ctx)
+    return {
+        "home": str(ctx.settings.home),
+        "master_key": "FORGETD_MASTER_KEY" if ctx.settings.master_key_env else str(ctx.settings.master_key_file),
+        "master_key_created": created_key,
+        **result,
+    }
+
+
+def _raw_engine(ctx: Context):
+    ctx.check_schema = False
+    return ctx.engine
+
+
+def db_upgrade(ctx: Context, revision: str = "head") -> dict[str, Any]:
+    from forgetd.db import schema
+
+    engine = _raw_engine(ctx)
+    before = schema.current_revision(engine)
+    schema.upgrade(engine, ctx.settings.migrations_dir, revision)
+    return {"from": before, "to": schema.current_revision(engine)}
+
+
+def db_current(ctx: Context) -> dict[str, Any]:
+    from forgetd.db import schema
+
+    engine = _raw_engine(ctx)
+    current = schema.current_revision(engine)
+    head = schema.head_revision(ctx.settings.migrations_dir)
+    return {"current": current, "head": head, "up_to_date": current == head}
+
+
+def db_check(ctx: Context) -> dict[str, Any]:
+    """Up to date with the migrations, and the migrated schema matches the models (no drift)."""
+    from forgetd.db import schema
+
+    state = db_current(ctx)
+    if not state["up_to_date"]:
+        raise DomainError(
+            f"database schema is at {state['current'] or 'an empty database'}, head is {state['head']}: "
+            "run `forgetd db upgrade`",
+            field="schema",
+        )
+    try:
+        schema.check_drift(ctx.engine, ctx.settings.migrations_dir)
+    except Exception as exc:  # alembic raises AutogenerateDiffsDetected with the diff in its message
+        if type(exc).__name__ != "AutogenerateDiffsDetected":
+            raise
+        raise DomainError(f"schema drift between models and migrations: {exc}", field="schema") from None
+    return {**state, "drift": False}
+
+
+# --- policies --------------------------------------------------------------------------------------
+
+
+def policy_list(ctx: Context) -> list[dict[str, Any]]:
+    from forgetd.policies import load_policies
+
+    return [_policy_summary(p) for p in load_policies(ctx.settings.policies_dir).values()]
+
+
+def _policy_summary(policy) -> dict[str, Any]:
+    return {
+        "name": policy.name,
+        "kind": policy.applies_to.kind,
+        "identity_required": policy.identity_required,
+        "approval_required": policy.approval.required,
+        "four_eyes": policy.approval.four_eyes,
+        "extension_max": policy.deadline.extension_max,
+        "recipes": dict(policy.recipes),
+        "shred_payload_after": policy.retention.shred_payload_after,
+    }
+
+
+def policy_validate(path: Path) -> dict[str, Any]:
+    from forgetd.policies import load_policy_file
+
+    return {"file": str(path), "valid": True, **_policy_summary(load_policy_file(path))}
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_model_dir(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """sha256 over the sorted (relative path, file sha256) of every weight file under `path`."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    entries = [{"path": p.relative_to(path).as_posix(), "sha256": _hash_file(p), "bytes": p.stat().st_size} for p in files]
+    combined = hashlib.sha256(json.dumps([[e["path"], e["sha256"]] for e in entries]).encode()).hexdigest()
+    return combined, entries
+
+
+def model_register(ctx: Context, name: str, family: str, path: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from forgetd import audit
+    from forgetd.db.models import Model
+    from forgetd.enums import FAMILY_VALUES
+    from forgetd.intake import check_name
+
+    check_name(name, field="NAME", what="model")
+    if family not in FAMILY_VALUES:
+        raise InputError(f"must be one of {', '.join(FAMILY_VALUES)}", field="--family")
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise InputError("must be an existing model directory", field="--path")
+    base_sha256, files = hash_model_dir(directory)
+    if not files:
+        raise InputError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under the directory", field="--path")
+    now = utcnow()
+    with ctx.session() as s:
+        if s.execute(select(Model.id).where(Model.name == name)).first():
+            raise DomainError(f"model {name} is already registered", field="NAME")
+        model = Model(
+            name=name,
+            family=family,
+            base_uri=str(directory.resolve()),
+            base_sha256=base_sha256,
+            weight_files=files,
+            registered_at=now,
+            registered_by=ctx.actor,
+        )
+        s.add(model)
+        s.flush()
+        audit.append(
+            s,
+            actor=ctx.actor,
+            action="model.registered",
+            resource_type="model",
+            resource_id=name,
+            payload={"family": family, "base_sha256": base_sha256, "weight_files": len(files)},
+            at=now,
+        )
+        return _model_dict(model)
+
+
+def _model_dict(model) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "family": model.family,
+        "base_uri": model.base_uri,
+        "base_sha256": model.base_sha256,
+        "weight_files": len(model.weight_files),
+        "registered_at": model.registered_at.isoformat(),
+        "registered_by": model.registered_by,
+    }
+
+
+def model_list(ctx: Context) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from forgetd.db.models import Model
+
+    with ctx.session() as s:
+        return [_model_dict(m) for m in s.execute(select(Model).order_by(Model.name)).scalars()]
+
+
+def _get_model(s, name: str, *, field: str = "--model"):
+    from sqlalchemy import select
+
+    from forgetd.db.models import Model
+
+    model = s.execute(select(Model).where(Model.name == name)).scalar_one_or_none()
+    if model is None:
+        raise NotFoundError("unknown model; see `forgetd model list`", field=field)
+    return model
+
+
+# --- requests: intake -------------------------------------------------------------------------------
+
+
+def _new_public_id() -> str:
+    return "rq_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+def _submission_digest(ctx: Context, sub, subject_ref: str) -> str:
+    canonical = json.dumps(
+        {"model": sub.model, "policy": sub.policy, "subject": subject_ref, "kind": sub.kind.value},
+        sort_keys=True,
+    ).encode() + b"\0" + sub.payload
+    return ctx.keyring.scope_ref(hashlib.sha256(canonical).hexdigest())
+
+
+def _find_canonical(s, *, subject_ref: str, model_id: int, kind, scope_ref: str):
+    from sqlalchemy import select
+
+    from forgetd.db.models import Request
+    from forgetd.lifecycle import ACTIVE, RequestStatus
+
+    return s.execute(
+        select(Request)
+        .where(
+            Request.subject_ref == subject_ref,
+            Request.model_id == model_id,
+            Request.kind == kind,
+            Request.scope_ref == scope_ref,
+            Request.status.in_([st for st in ACTIVE if st is not RequestStatus.received]),
+            Request.canonical_request_id.is_(None),
+        )
+        .order_by(Request.id)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _lock_subject(s, subject_ref: str) -> None:
+    """Serialise concurrent submissions for one subject so duplicate detection cannot race.
+    SQLite already serialises writers (BEGIN IMMEDIATE)."""
+    if s.bind.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(bytes.fromhex(subject_ref[:16]), "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _insert_request(ctx: Context, s, sub, *, now: datetime) -> tuple[Any, bool]:
+    """Insert one validated submission with its intake transitions; returns (request, created)."""
+    from sqlalchemy import select
+
+    from forgetd import deadlines, lifecycle
+    from forgetd.db.models import Request
+    from forgetd.intake import scope_text
+    from forgetd.lifecycle import RequestStatus as St
+    from forgetd.policies import get_policy
+    from forgetd.privacy import encrypt
+
+    keyring = ctx.keyring
+    subject_ref = keyring.subject_ref(sub.subject)
+    digest = _submission_digest(ctx, sub, subject_ref)
+    if sub.idempotency_key:
+        existing = s.execute(select(Request).where(Request.idempotency_key == sub.idempotency_key)).scalar_one_or_none()
+        if existing is not None:
+            if existing.idempotency_digest != digest:
+                raise DomainError(
+                    "this idempotency key was already used for a different request", field="idempotency_key"
+                )
+            return existing, False
+
+    policy = get_policy(ctx.settings.policies_dir, sub.policy)
+    model = _get_model(s, sub.model, field="model")
+    _lock_subject(s, subject_ref)
+    scope_ref = keyring.scope_ref(scope_text(sub.kind, sub.forget))
+    public_id = _new_public_id()
+    aad = public_id.encode()
+    dek = keyring.new_data_key()
+    request = Request(
+        public_id=public_id,
+        idempotency_key=sub.idempotency_key,
+        idempotency_digest=digest if sub.idempotency_key else None,
+        policy=sub.policy,
+        model=model,
+        kind=sub.kind,
+        subject_ref=subject_ref,
+        scope_ref=scope_ref,
+        payload_ct=encrypt(dek, sub.payload, aad=aad),
+        payload_bytes=len(sub.payload),
+        wrapped_dek=keyring.wrap_data_key(dek, aad=aad),
+        status=St.received,
+        submitted_by=ctx.actor,
+        received_at=sub.received_at,
+        due_at=deadlines.due_at(sub.received_at),
+        clock_paused_total=0,
+        updated_at=now,
+    )
+    canonical = _find_canonical(s, subject_ref=subject_ref, model_id=model.id, kind=sub.kind, scope_ref=scope_ref)
+    s.add(request)
+    s.flush()
+    lifecycle.record_receipt(s, request, actor=ctx.actor, now=now)
+    intake = "system:intake"
+    if canonical is not None:
+        request.canonical_request_id = canonical.id
+        lifecycle.move(s, request, St.duplicate, actor=intake, now=now, policy=policy, reason_code="duplicate_of_active")
+    elif policy.identity_required:
+        lifecycle.move(s, request, St.identity_pending, actor=intake, now=now, policy=policy, reason_code="identity_required")
+    elif policy.approval.required:
+        lifecycle.move(s, request, St.pending_review, actor=intake, now=now, policy=policy, reason_code="approval_required")
+    else:
+        lifecycle.move(s, request, St.approved, actor=intake, now=now, policy=policy, reason_code="auto_approved")
+    return request, True
+
+
+def _validate(ctx: Context, raw: dict[str, Any], *, now: datetime, field_prefix: str = ""):
+    from forgetd.intake import validate_submission
+
+    return validate_submission(
+        raw,
+        policies_dir=ctx.settings.policies_dir,
+        data_root=ctx.data_root,
+        max_payload_bytes=ctx.settings.max_payload_bytes,
+        now=now,
+        field_prefix=field_prefix,
+    )
+
+
+def request_submit(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
+    """Submit one request; returns its record and whether it was newly created."""
+    from sqlalchemy.exc import IntegrityError
+
+    now = utcnow()
+    sub = _validate(ctx, raw, now=now)
+    ctx.actor  # fail on a malformed operator before touching the database
+    try:
+        with ctx.session() as s:
+            request, created = _insert_request(ctx, s, sub, now=now)
+            return {**_request_dict(request, now=now), "created": created}
+    except IntegrityError:
+        if not sub.idempotency_key:
+            raise
+        # A concurrent submission with the same key won the race: return its request.
+        with ctx.session() as s:
+            request, created = _insert_request(ctx, s, sub, now=now)
+            return {**_request_dict(request, now=now), "created": created}
+
+
+def request_import(ctx: Context, path: Path) -> dict[str, Any]:
+    """Validate every line first; write all of them in one transaction, or nothing."""
+    now = utcnow()
+    ctx.actor
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError:
+        raise InputError("file not found or unreadable", field="FILE") from None
+    if len(raw_bytes) > ctx.settings.max_payload_bytes * 10:
+        raise InputError("file is larger than ten times FORGETD_MAX_PAYLOAD_BYTES", field="FILE")
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("must be UTF-8 JSON lines", field="FILE") from None
+    problems: list[str] = []
+    submissions = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"line {number}: not valid JSON (column {exc.colno})")
+            continue
+        try:
+            submissions.append((number, _validate(ctx, raw, now=now)))
+        except (InputError, NotFoundError) as exc:
+            problems.append(f"line {number}: {exc}")
+    if not submissions and not problems:
+        raise InputError("no requests in the file", field="FILE")
+    if not problems:
+        with ctx.session() as s:
+            from forgetd.db.models import Model
+            from sqlalchemy import select
+
+            known = set(s.execute(select(Model.name)).scalars())
+        problems = [f"line {n}: model: unknown model; see `forgetd model list`" for n, sub in submissions if sub.model not in known]
+    if problems:
+        lines = ", ".join(p.split(":", 1)[0].removeprefix("line ") for p in problems)
+        raise InputError(f"invalid lines {lines}; nothing imported. " + "; ".join(problems), field="FILE")
+    results = []
+    with ctx.session() as s:
+        for number, sub in submissions:
+            request, created = _insert_request(ctx, s, sub, now=now)
+            results.append({"line": number, "id": request.public_id, "status": request.status.value, "created": created})
+    return {"imported": sum(r["created"] for r in results), "requests": results}
+
+
+# --- requests: queries ------------------------------------------------------------------------------
+
+
+def _request_dict(request, *, now: datetime) -> dict[str, Any]:
+    from forgetd.deadlines import deadline_state
+
+    effective = request.effective_due_at
+    return {
+        "id": request.public_id,
+        "model": request.model.name,
+        "policy": request.policy,
+        "kind": request.kind.value,
+        "status": request.status.value,
+        "status_reason": request.status_reason,
+        "held_from": request.held_from.value if request.held_from else None,
+        "failed_step": request.failed_step,
+        "subject_ref": request.subject_ref,
+        "submitted_by": request.submitted_by,
+        "received_at": request.received_at.isoformat(),
+        "due_at": request.due_at.isoformat(),
+        "extended_due_at": request.extended_due_at.isoformat() if request.extended_due_at else None,
+        "extension_months": request.extension_months,
+        "extension_notified_at": request.extension_notified_at.isoformat() if request.extension_notified_at else None,
+        "effective_due_at": effective.isoformat(),
+        "deadline": "closed" if request.closed_at else deadline_state(now, effective, timedelta(days=7)),
+        "clock_paused_seconds": request.clock_paused_total,
+        "clock_paused": request.clock_paused_since is not None,
+        "duplicate_of": request.canonical.public_id if request.canonical else None,
+        "payload_bytes": request.payload_bytes,
+        "closed_at": request.closed_at.isoformat() if request.closed_at else None,
+        "shredded_at": request.shredded_at.isoformat() if request.shredded_at else None,
+    }
+
+
+def _get_request(s, public_id: str, *, lock: bool = False):
+    from sqlalchemy import select
+
+    from forgetd.db.models import Request
+    from forgetd.intake import check_public_id
+
+    check_public_id(public_id)
+    statement = select(Request).where(Request.public_id == public_id)
+    if lock:
+        statement = statement.with_for_update()
+    request = s.execute(statement).scalar_one_or_none()
+    if request is None:
+        raise NotFoundError(f"no request {public_id}", field="ID")
+    return request
+
+
+def request_list(
+    ctx: Context, *, status: str | None = None, overdue: bool = False, due_within: str | None = None
+) -> list[dict[str, Any]]:
+    from sqlalchemy import func, select
+
+    from forgetd.db.models import Request
+    from forgetd.durations import parse_human_duration
+    from forgetd.lifecycle import TERMINAL, RequestStatus
+
+    now = utcnow()
+    statement = select(Request).order_by(Request.received_at, Request.id)
+    if status is not None:
+        try:
+            statement = statement.where(Request.status == RequestStatus(status))
+        except ValueError:
+            raise InputError(f"must be one of {', '.join(s.value for s in RequestStatus)}", field="--status") from None
+    effective = func.coalesce(Request.extended_due_at, Request.due_at)
+    if overdue or due_within:
+        statement = statement.where(Request.status.not_in(list(TERMINAL)))
+    if overdue:
+        statement = statement.where(effective < now)
+    if due_within:
+        window = parse_human_duration(due_within, field="--due-within")
+        if window.months:
+            raise InputError("use days, hours or weeks (e.g. 7d), not months", field="--due-within")
+        statement = statement.where(effective <= now + timedelta(days=window.days, seconds=window.seconds))
+    with ctx.session() as s:
+        return [_request_dict(r, now=now) for r in s.execute(statement).unique().scalars()]
+
+
+def request_show(ctx: Context, public_id: str, *, include_payload: bool = False) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from forgetd.db.models import RequestTransition
+    from forgetd.privacy import open_payload
+
+    now = utcnow()
+    with ctx.session() as s:
+        request = _get_request(s, public_id)
+        record = _request_dict(request, now=now)
+        record["transitions"] = [
+            {
+                "from": t.from_status.value if t.from_status else None,
+                "to": t.to_status.value,
+                "reason_code": t.reason_code,
+                "reason": t.reason,
+                "actor": t.actor,
+                "at": t.at.isoformat(),
+            }
+            for t in s.execute(
+                select(RequestTransition).where(RequestTransition.request_id == request.id).order_by(RequestTransition.id)
+            ).scalars()
+        ]
+        if include_payload:
+            aad = request.public_id.encode()
+            plain = open_payload(ctx.keyring, request.wrapped_dek, request.payload_ct, aad=aad)
+            record["payload"] = json.loads(plain)
+        return record
+
+
+# --- requests: operator moves -----------------------------------------------------------------------
+
+
+def _operator_move(
+    ctx: Context,
+    public_id: str,
+    to,
+    *,
+    reason_code: str,
+    reason: str | None = None,
+    pause_clock: bool = False,
+) -> dict[str, Any]:
+    from forgetd import lifecycle
+    from forgetd.policies import get_policy
+
+    actor = ctx.actor
+    now = utcnow()
+    with ctx.session() as s:
+        request = _get_request(s, public_id, lock=True)
+        policy = get_policy(ctx.settings.policies_dir, request.policy)
+        lifecycle.move(
+            s, request, to, actor=actor, now=now, policy=policy, reason_code=reason_code, reason=reason,
+            pause_clock=pause_clock,
+        )
+        return _request_dict(request, now=now)
+
+
+def request_verify_identity(ctx: Context, public_id: str) -> dict[str, Any]:
+    from forgetd.lifecycle import RequestStatus as St
+    from forgetd.policies import get_policy
+
+    with ctx.session() as s:
+        request = _get_request(s, public_id)
+        policy = get_policy(ctx.settings.policies_dir, request.policy)
+    to = St.pending_review if policy.approval.required else St.approved
+    return _operator_move(ctx, public_id, to, reason_code="identity_verified")
+
+
+def request_approve(ctx: Context, public_id: str) -> dict[str, Any]:
+    from forgetd.lifecycle import RequestStatus as St
+
+    return _operator_move(ctx, public_id, St.approved, reason_code="approved")
+
+
+def request_deny(ctx: Context, public_id: str, reason: str) -> dict[str, Any]:
+    from forgetd.intake import check_reason
+    from forgetd.lifecycle import RequestStatus as St
+
+    return _operator_move(ctx, public_id, St.denied, reason_code="denied", reason=check_reason(reason))
+
+
+def request_hold(ctx: Context, public_id: str, reason: str, *, pause_clock: bool = False) -> dict[str, Any]:
+    from forgetd.intake import check_reason
+    from forgetd.lifecycle import RequestStatus as St
+
+    return _operator_move(
+        ctx, public_id, St.on_hold, reason_code="held", reason=check_reason(reason), pause_clock=pause_clock
+    )
+
+
+def request_release(ctx: Context, public_id: str) -> dict[str, Any]:
+    from forgetd.errors import DomainError as _DomainError
+    from forgetd.lifecycle import RequestStatus as St
+
+    with ctx.session() as s:
+        request = _get_request(s, public_id)
+        if request.status is not St.on_hold or request.held_from is None:
+            raise _DomainError(f"request {public_id} is {request.status.value}, not on_hold", field="status")
+        prior = request.held_from
+    return _operator_move(ctx, public_id, prior, reason_code="released")
+
+
+def request_cancel(ctx: Context, public_id: str, reason: str) -> dict[str, Any]:
+    from forgetd.intake import check_reason
+    from forgetd.lifecycle import RequestStatus as St
+
+    return _operator_move(ctx, public_id, St.canceled, reason_code="canceled", reason=check_reason(reason))
+
+
+def request_extend(ctx: Context, public_id: str, *, months: int, reason: str, notified_at: str | None) -> dict[str, Any]:
+    from forgetd import audit, deadlines
+    from forgetd.intake import check_reason, parse_timestamp
+    from forgetd.lifecycle import TERMINAL
+    from forgetd.policies import get_policy
+
+    actor = ctx.actor
+    now = utcnow()
+    reason = check_reason(reason)
+    notified = parse_timestamp(notified_at, field="--notified-at", now=now) if notified_at else None
+    with ctx.session() as s:
+        request = _get_request(s, public_id, lock=True)
+        if request.status in TERMINAL:
+            raise DomainError(f"request {public_id} is {request.status.value}; only open requests can be extended", field="status")
+        policy = get_policy(ctx.settings.policies_dir, request.policy)
+        deadlines.check_extension(
+            now=now,
+            due_at=request.due_at,
+            already_extended=request.extended_due_at is not None,
+            months=months,
+            notified_at=notified,
+            max_extension=policy.deadline.extension_max_duration,
+        )
+        request.extended_due_at = deadlines.extended_due_at(request.due_at, months)
+        request.extension_months = months
+        request.extension_reason = reason
+        request.extension_notified_at = notified
+        request.updated_at = now
+        audit.append(
+            s,
+            actor=actor,
+            action="request.extended",
+            resource_type="request",
+            resource_id=public_id,
+            payload={"months": months, "extended_due_at": request.extended_due_at.isoformat()},
+            at=now,
+        )
+        return _request_dict(request, now=now)
+
+
+def _shred(s, request, *, actor: str, now: datetime, reason_code: str) -> None:
+    from forgetd import audit
+
+    request.wrapped_dek = None
+    request.shredded_at = now
+    request.updated_at = now
+    audit.append(
+        s,
+        actor=actor,
+        action="request.shredded",
+        resource_type="request",
+        resource_id=request.public_id,
+        payload={"reason_code": reason_code},
+        at=now,
+    )
+
+
+def _compact_sqlite(ctx: Context) -> None:
+    """Move the WAL into the main file and truncate it, so destroyed keys leave no copy in the WAL."""
+    if ctx.engine.dialect.name == "sqlite":
+        # Outside any transaction (BEGIN IMMEDIATE would lock the table against the checkpoint).
+        raw = ctx.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+
+
+def request_shred(ctx: Context, public_id: str) -> dict[str, Any]:
+    from forgetd.lifecycle import TERMINAL
+
+    actor = ctx.actor
+    now = utcnow()
+    with ctx.session() as s:
+        request = _get_request(s, public_id, lock=True)
+        if request.shredded_at is not None:
+            return {**_request_dict(request, now=now), "already_shredded": True}
+        if request.status not in TERMINAL:
+            raise DomainError(
+                f"request {public_id} is {request.status.value}; its payload is needed until it is closed "
+                "(cancel it first to shred now)",
+                field="status",
+            )
+        _shred(s, request, actor=actor, now=now, reason_code="operator")
+        result = {**_request_dict(request, now=now), "already_shredded": False}
+    _compact_sqlite(ctx)
+    return result
+
+
+# --- sweeps -----------------------------------------------------------------------------------------
+
+
+def sweep(ctx: Context, *, now: datetime | None = None) -> dict[str, Any]:
+    """Retention shredding and deadline alerts; safe to run as often as wanted (each effect once)."""
+    from sqlalchemy import select
+
+    from forgetd import audit
+    from forgetd.db.models import Request
+    from forgetd.deadlines import deadline_state
+    from forgetd.durations import add_duration
+    from forgetd.lifecycle import ACTIVE, TERMINAL
+    from forgetd.policies import load_policies
+
+    now = now or utcnow()
+    policies = load_policies(ctx.settings.policies_dir)
+    shredded: list[str] = []
+    at_risk: list[str] = []
+    breached: list[str] = []
+    actor = "system:sweep"
+    with ctx.session() as s:
+        closed = s.execute(
+            select(Request).where(Request.status.in_(list(TERMINAL)), Request.shredded_at.is_(None))
+        ).scalars()
+        for request in closed:
+            policy = policies.get(request.policy)
+            if policy is None or request.closed_at is None:
+                continue
+            if add_duration(request.closed_at, policy.retention.shred_after) <= now:
+                _shred(s, request, actor="system:retention", now=now, reason_code="retention")
+                shredded.append(request.public_id)
+        open_requests = s.execute(
+            select(Request).where(Request.status.in_(list(ACTIVE)), Request.breached_alerted_at.is_(None))
+        ).scalars()
+        for request in open_requests:
+            policy = policies.get(request.policy)
+            window = policy.deadline.at_risk_timedelta if policy else timedelta(days=7)
+            state = deadline_state(now, request.effective_due_at, window)
+            if state == "breached":
+                request.breached_alerted_at = now
+                breached.append(request.public_id)
+                action = "deadline.breached"
+            elif state == "at_risk" and request.at_risk_alerted_at is None:
+                request.at_risk_alerted_at = now
+                at_risk.append(request.public_id)
+                action = "deadline.at_risk"
+            else:
+                continue
+            audit.append(
+                s,
+                actor=actor,
+                action=action,
+                resource_type="request",
+                resource_id=request.public_id,
+                payload={"effective_due_at": request.effective_due_at.isoformat(), "status": request.status.value},
+                at=now,
+            )
+    if shredded:
+        _compact_sqlite(ctx)
+    return {"shredded": shredded, "at_risk": at_risk, "breached": breached}
+
+
+# --- audit -----------------------------------------------------------------------------------------
+
+
+def audit_verify(ctx: Context) -> dict[str, Any]:
+    from forgetd import audit
+
+    with ctx.session() as s:
+        return audit.verify(s).to_dict()
+
+
+def audit_log(
+    ctx: Context, *, request_id: str | None = None, subject: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    from forgetd import audit
+    from forgetd.intake import check_public_id, check_subject
+
+    if request_id and subject:
+        raise InputError("give --request or --subject, not both", field="--subject")
+    if request_id:
+        statement = audit.events_for_request(check_public_id(request_id, field="--request"))
+    elif subject:
+        statement = audit.events_for_subject(ctx.keyring.subject_ref(check_subject(subject, field="--subject")))
+    else:
+        statement = audit.all_events()
+    with ctx.session() as s:
+        return audit.log(s, statement, limit=limit)
+
+
+def audit_export(ctx: Context, fmt: str) -> Iterator[str]:
+    from forgetd import audit
+
+    if fmt not in ("jsonl", "csv"):
+        raise InputError("must be jsonl or csv", field="--format")
+    with ctx.session() as s:
+        yield from audit.export_lines(s, fmt)

@@ -1,0 +1,129 @@
+"""Settings: environment variables FORGETD_* override an optional forgetd.toml, which overrides defaults.
+
+The config file is `$FORGETD_CONFIG` if set, else `$FORGETD_HOME/forgetd.toml` when it exists.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from forgetd.errors import ConfigError, InputError
+
+DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+
+_TOML_KEYS = {
+    "database_url",
+    "master_key_file",
+    "operator",
+    "max_payload_bytes",
+    "policies_dir",
+    "adapters_dir",
+    "data_root",
+}
+
+
+def _repo_or_installed_dir(name: str) -> Path:
+    """policies/, adapters/ and migrations/ live beside the package in a checkout, or under
+    <prefix>/share/forgetd/ when installed from a wheel (pyproject's data-files)."""
+    import sys
+
+    checkout = Path(__file__).resolve().parent.parent / name
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "forgetd" / name
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    master_key_file: Path
+    master_key_env: str | None = field(default=None, repr=False)
+    operator: str = "unknown"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    policies_dir: Path = field(default_factory=lambda: _repo_or_installed_dir("policies"))
+    adapters_dir: Path = field(default_factory=lambda: _repo_or_installed_dir("adapters"))
+    migrations_dir: Path = field(default_factory=lambda: _repo_or_installed_dir("migrations"))
+    data_root: Path | None = None
+
+    def with_operator(self, operator: str | None) -> "Settings":
+        return replace(self, operator=operator) if operator else self
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "forgetd"
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", field="FORGETD_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", field="FORGETD_CONFIG") from None
+    section = data.get("forgetd", data)
+    unknown = sorted(set(section) - _TOML_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOML_KEYS))}",
+            field=unknown[0],
+        )
+    return section
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("FORGETD_HOME") or _default_home()).expanduser()
+    config_path = env.get("FORGETD_CONFIG")
+    file_values: dict = {}
+    if config_path:
+        file_values = _read_toml(Path(config_path).expanduser())
+    elif (home / "forgetd.toml").is_file():
+        file_values = _read_toml(home / "forgetd.toml")
+
+    def pick(env_key: str, toml_key: str, default):
+        if env.get(env_key):
+            return env[env_key]
+        return file_values.get(toml_key, default)
+
+    database_url = pick("FORGETD_DATABASE_URL", "database_url", f"sqlite:///{home / 'forgetd.db'}")
+    raw_max = pick("FORGETD_MAX_PAYLOAD_BYTES", "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
+    try:
+        max_payload = int(raw_max)
+        if max_payload <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError("must be a positive integer number of bytes", field="FORGETD_MAX_PAYLOAD_BYTES") from None
+
+    kwargs = {}
+    for env_key, toml_key in (
+        ("FORGETD_POLICIES_DIR", "policies_dir"),
+        ("FORGETD_ADAPTERS_DIR", "adapters_dir"),
+        ("FORGETD_DATA_ROOT", "data_root"),
+    ):
+        value = pick(env_key, toml_key, None)
+        if value:
+            kwargs[toml_key] = Path(value).expanduser()
+
+    return Settings(
+        home=home,
+        database_url=str(database_url),
+        master_key_file=Path(pick("FORGETD_MASTER_KEY_FILE", "master_key_file", home / "master.key")).expanduser(),
+        master_key_env=env.get("FORGETD_MASTER_KEY") or None,
+        operator=str(pick("FORGETD_OPERATOR", "operator", None) or _os_user()),
+        max_payload_bytes=max_payload,
+        **kwargs,
+    )

@@ -1,0 +1,153 @@
+"""The tables of DESIGN section 4 that exist so far.
+
+Migrations never import this module (revisions are self-contained); `alembic check` compares the
+two so they cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from forgetd.db.types import UTCDateTime
+from forgetd.enums import RequestKind
+from forgetd.lifecycle import RequestStatus
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _enum(enum_cls, name: str) -> Enum:
+    return Enum(
+        enum_cls,
+        name=name,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    family: Mapped[str] = mapped_column(String(32))
+    base_uri: Mapped[str] = mapped_column(Text)
+    base_sha256: Mapped[str] = mapped_column(String(64))
+    weight_files: Mapped[list] = mapped_column(JSON)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    registered_by: Mapped[str] = mapped_column(String(128))
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # keyed digest of the submission, so a reused key with different content is refused
+    idempotency_digest: Mapped[str | None] = mapped_column(String(64))
+    policy: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    kind: Mapped[RequestKind] = mapped_column(_enum(RequestKind, "request_kind"))
+    subject_ref: Mapped[str] = mapped_column(String(64), index=True)
+    scope_ref: Mapped[str] = mapped_column(String(64))
+    payload_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_bytes: Mapped[int] = mapped_column(Integer)
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[RequestStatus] = mapped_column(_enum(RequestStatus, "request_status"), index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    held_from: Mapped[RequestStatus | None] = mapped_column(_enum(RequestStatus, "request_status"))
+    failed_step: Mapped[str | None] = mapped_column(String(32))
+    submitted_by: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    extended_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    extension_months: Mapped[int | None] = mapped_column(Integer)
+    extension_reason: Mapped[str | None] = mapped_column(Text)
+    extension_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    clock_paused_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    clock_paused_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    canonical_request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    at_risk_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    breached_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    shredded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    model: Mapped[Model] = relationship(lazy="joined")
+    canonical: Mapped["Request | None"] = relationship(remote_side="Request.id")
+
+    __table_args__ = (Index("ix_requests_dup_lookup", "subject_ref", "model_id", "kind", "scope_ref"),)
+
+    @property
+    def effective_due_at(self) -> datetime:
+        return self.extended_due_at or self.due_at
+
+
+class RequestTransition(Base):
+    __tablename__ = "request_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    from_status: Mapped[RequestStatus | None] = mapped_column(_enum(RequestStatus, "request_status"))
+    to_status: Mapped[RequestStatus] = mapped_column(_enum(RequestStatus, "request_status"))
+    reason_code: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """Append-only (triggers refuse UPDATE and DELETE); `hash` chains every row to the previous one."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    payload_digest: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+    __table_args__ = (Index("ix_audit_events_resource", "resource_type", "resource_id"),)
+
+
+class AuditChainHead(Base):
+    """One row: the last seq and hash. Appenders lock it, so the chain has exactly one tip."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (CheckConstraint("id = 1", name="singleton"),)

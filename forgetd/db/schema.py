@@ -1,0 +1,75 @@
+"""Alembic, driven from code: upgrade, downgrade, current revision and the out-of-date check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, inspect
+
+from forgetd.errors import ConfigError, SchemaOutOfDate
+
+
+def alembic_config(migrations_dir: Path, engine: Engine | None = None):
+    from alembic.config import Config
+
+    if not (migrations_dir / "env.py").is_file():
+        raise ConfigError(f"migrations not found at {migrations_dir}", field="migrations_dir")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("path_separator", "os")
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def head_revision(migrations_dir: Path) -> str:
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config(migrations_dir)).get_heads()
+    if len(heads) != 1:
+        raise ConfigError(f"migrations have {len(heads)} heads; expected exactly one", field="migrations_dir")
+    return heads[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
+def _run(engine: Engine, migrations_dir: Path, fn, revision: str) -> None:
+    cfg = alembic_config(migrations_dir)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        fn(cfg, revision)
+
+
+def upgrade(engine: Engine, migrations_dir: Path, revision: str = "head") -> None:
+    from alembic import command
+
+    _run(engine, migrations_dir, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, migrations_dir: Path, revision: str) -> None:
+    from alembic import command
+
+    _run(engine, migrations_dir, command.downgrade, revision)
+
+
+def check_drift(engine: Engine, migrations_dir: Path) -> None:
+    """`alembic check`: raises if the models and the migrated schema differ."""
+    from alembic import command
+
+    cfg = alembic_config(migrations_dir)
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.check(cfg)
+
+
+def ensure_current(engine: Engine, migrations_dir: Path) -> None:
+    current = current_revision(engine)
+    head = head_revision(migrations_dir)
+    if current != head:
+        at = current or "an empty database"
+        raise SchemaOutOfDate(f"database schema is at {at}, this forgetd needs {head}: run `forgetd db upgrade`")

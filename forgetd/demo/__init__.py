@@ -1,0 +1,1 @@
+"""Seeded demo data and tiny models built from configs (no hub access)."""

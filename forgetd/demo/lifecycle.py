@@ -1,0 +1,109 @@
+"""The lifecycle demo: a fresh SQLite home, three operators, requests under every policy kind.
+
+It drives only `forgetd.api`, the same functions the CLI calls, and returns what it did so the CLI
+can print it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from forgetd import api
+from forgetd.config import load_settings
+
+
+def build_demo_weights(directory: Path, *, seed: int = 0) -> Path:
+    """A small tabular decision model's weights (safetensors), so registration hashes real files."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tensors = {
+        "layers.0.weight": rng.standard_normal((16, 10)).astype("float32"),
+        "layers.0.bias": np.zeros(16, dtype="float32"),
+        "layers.1.weight": rng.standard_normal((2, 16)).astype("float32"),
+        "layers.1.bias": np.zeros(2, dtype="float32"),
+    }
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({"architecture": "mlp", "in_features": 10, "hidden": 16}))
+    return directory
+
+
+def run(home: Path) -> dict[str, Any]:
+    base = load_settings({"FORGETD_HOME": str(home)})
+    ctxs: dict[str, api.Context] = {}
+
+    def as_(operator: str) -> api.Context:
+        if operator not in ctxs:
+            ctxs[operator] = api.open_context(replace(base, operator=operator))
+        return ctxs[operator]
+
+    steps: list[str] = []
+    try:
+        init = api.init(api.open_context(base, check_schema=False))
+        steps.append(f"init: schema {init['to']}, master key at {init['master_key']}")
+        weights = build_demo_weights(home / "models" / "credit-mlp")
+        api.model_register(as_("alice"), "credit-mlp", "tabular_classifier", str(weights))
+        steps.append("alice registered model credit-mlp (weights hashed)")
+
+        # A data-erasure request under GDPR: identity first, then four-eyes approval.
+        gdpr = api.request_submit(
+            as_("alice"),
+            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "jane.doe@example.org",
+             "forget": {"texts": ["Jane Doe, born 1984 in Lyon, works at Acme"]}, "idempotency_key": "ticket-1001"},
+        )
+        again = api.request_submit(
+            as_("alice"),
+            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "jane.doe@example.org",
+             "forget": {"texts": ["Jane Doe, born 1984 in Lyon, works at Acme"]}, "idempotency_key": "ticket-1001"},
+        )
+        steps.append(f"alice submitted {gdpr['id']} ({gdpr['status']}); resubmitting ticket-1001 returned {again['id']}")
+        dup = api.request_submit(
+            as_("carol"),
+            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "JANE.DOE@example.org "},
+        )
+        steps.append(f"carol submitted the same subject again: {dup['id']} is {dup['status']} of {dup['duplicate_of']}")
+        api.request_verify_identity(as_("alice"), gdpr["id"])
+        try:
+            api.request_approve(as_("alice"), gdpr["id"])
+        except api.DomainError as exc:
+            steps.append(f"alice tried to approve her own request: refused ({exc.message.split(': ', 1)[-1]})")
+        approved = api.request_approve(as_("bob"), gdpr["id"])
+        steps.append(f"bob approved {gdpr['id']}: {approved['status']}, due {approved['effective_due_at'][:10]}")
+
+        # A concept request: no identity check; put on hold with the clock paused, then released.
+        concept = api.request_submit(
+            as_("alice"),
+            {"model": "credit-mlp", "policy": "class-removal", "subject": "product-team",
+             "forget": {"labels": ["withdrawn-product"]}},
+        )
+        api.request_hold(as_("bob"), concept["id"], "waiting for the label list", pause_clock=True)
+        released = api.request_release(as_("bob"), concept["id"])
+        steps.append(f"{concept['id']} held with the clock paused and released: back to {released['status']}")
+        extended = api.request_extend(
+            as_("bob"), concept["id"], months=2, reason="large label set", notified_at=api.utcnow().isoformat()
+        )
+        steps.append(f"{concept['id']} extended by 2 months: due {extended['effective_due_at'][:10]}")
+
+        # A request that is canceled and then crypto-shredded.
+        canceled = api.request_submit(
+            as_("carol"),
+            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "john.roe@example.org",
+             "forget": {"texts": ["John Roe's loan file"]}},
+        )
+        api.request_cancel(as_("carol"), canceled["id"], "withdrawn by the subject")
+        api.request_shred(as_("carol"), canceled["id"])
+        steps.append(f"{canceled['id']} canceled and its payload shredded (data key destroyed)")
+
+        swept = api.sweep(as_("alice"))
+        verify = api.audit_verify(as_("alice"))
+        steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
+        requests = api.request_list(as_("alice"))
+        return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify}
+    finally:
+        for ctx in ctxs.values():
+            ctx.close()

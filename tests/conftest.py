@@ -1,0 +1,224 @@
+"""Shared fixtures: a migrated SQLite file or a fresh PostgreSQL database per test, settings, CLI env.
+
+PostgreSQL: FORGETD_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres) names a
+server; each run creates its own databases there and drops them afterwards. Without a reachable server
+the postgres tests are skipped locally and fail under CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATIONS = REPO / "migrations"
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_admin_url() -> str:
+    return os.environ.get("FORGETD_TEST_POSTGRES_URL", DEFAULT_PG)
+
+
+def _pg_connect(url: str):
+    import psycopg
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return psycopg.connect(
+        host=u.host, port=u.port or 5432, user=u.username, password=u.password, dbname=u.database, autocommit=True
+    )
+
+
+def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from forgetd.db.engine import normalise_url
+
+    return normalise_url(make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+class PostgresServer:
+    """Creates databases for this test run and drops all of them at the end."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.prefix = f"forgetd_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.created: list[str] = []
+        self._template: str | None = None
+        self._counter = 0
+
+    def create(self, *, template: str | None = None) -> str:
+        self._counter += 1
+        name = f"{self.prefix}_{self._counter}"
+        with _pg_connect(self.admin_url) as conn:
+            clause = f" TEMPLATE {template}" if template else ""
+            conn.execute(f"CREATE DATABASE {name}{clause}")
+        self.created.append(name)
+        return name
+
+    def url(self, name: str) -> str:
+        return _with_database(self.admin_url, name)
+
+    def migrated(self) -> str:
+        """A fresh database at head, copied from a template migrated once per run."""
+        if self._template is None:
+            from forgetd.db import schema
+            from forgetd.db.engine import make_engine
+
+            template = self.create()
+            engine = make_engine(self.url(template))
+            schema.upgrade(engine, MIGRATIONS)
+            engine.dispose()
+            self._template = template
+        return self.url(self.create(template=self._template))
+
+    def drop_all(self) -> None:
+        with _pg_connect(self.admin_url) as conn:
+            for name in reversed(self.created):
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    try:
+        with _pg_connect(_pg_admin_url()):
+            pass
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {type(exc).__name__}: {exc}")
+        pytest.skip(f"no PostgreSQL server at FORGETD_TEST_POSTGRES_URL ({type(exc).__name__})")
+    server = PostgresServer(_pg_admin_url())
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    return pg_server.migrated()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    from forgetd.db import schema
+    from forgetd.db.engine import make_engine
+
+    url = f"sqlite:///{tmp_path / 'forgetd.db'}"
+    engine = make_engine(url)
+    schema.upgrade(engine, MIGRATIONS)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request) -> str:
+    """The same contract against both databases."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+def new_master_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    path = tmp_path / "home"
+    (path / "data").mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def settings(home, db_url):
+    from forgetd.config import load_settings
+
+    return load_settings(
+        {
+            "FORGETD_HOME": str(home),
+            "FORGETD_DATABASE_URL": db_url,
+            "FORGETD_MASTER_KEY": new_master_key(),
+            "FORGETD_OPERATOR": "alice",
+        }
+    )
+
+
+class Operators:
+    """api contexts for several operators on one database (four-eyes needs two people)."""
+
+    def __init__(self, settings) -> None:
+        from forgetd import api
+
+        self._api = api
+        self.settings = settings
+        self._ctxs: dict[str, object] = {}
+
+    def __call__(self, name: str = "alice"):
+        if name not in self._ctxs:
+            self._ctxs[name] = self._api.open_context(replace(self.settings, operator=name))
+        return self._ctxs[name]
+
+    def close(self) -> None:
+        for ctx in self._ctxs.values():
+            ctx.close()
+
+
+@pytest.fixture
+def ops(settings):
+    operators = Operators(settings)
+    yield operators
+    operators.close()
+
+
+@pytest.fixture
+def ctx(ops):
+    return ops("alice")
+
+
+def make_model_dir(path: Path) -> Path:
+    from forgetd.demo.lifecycle import build_demo_weights
+
+    return build_demo_weights(path)
+
+
+@pytest.fixture
+def model(ctx, tmp_path) -> str:
+    """A registered model named `credit-mlp` (tabular weights written by the demo builder)."""
+    from forgetd import api
+
+    api.model_register(ctx, "credit-mlp", "tabular_classifier", str(make_model_dir(tmp_path / "model")))
+    return "credit-mlp"
+
+
+@pytest.fixture
+def cli_env(settings) -> dict[str, str]:
+    """Environment for running `forgetd` as a subprocess against the test database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGETD_")}
+    env.update(
+        FORGETD_HOME=str(settings.home),
+        FORGETD_DATABASE_URL=settings.database_url,
+        FORGETD_MASTER_KEY=settings.master_key_env,
+        FORGETD_OPERATOR=settings.operator,
+    )
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], *, input: str | None = None, cwd: Path | None = None):
+    """Run the real console entry point in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "forgetd", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
