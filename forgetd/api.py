@@ -512,7 +512,7 @@ def _get_request(s, public_id: str, *, lock: bool = False):
     check_public_id(public_id)
     statement = select(Request).where(Request.public_id == public_id)
     if lock:
-        statement = statement.with_for_update()
+        statement = statement.with_for_update(of=Request)
     request = s.execute(statement).scalar_one_or_none()
     if request is None:
         raise NotFoundError(f"no request {public_id}", field="ID")
@@ -825,11 +825,12 @@ def audit_log(
     from forgetd import audit
     from forgetd.intake import check_public_id, check_subject
 
-    if request_id and subject:
+    # An empty --subject/--request is a malformed filter, not "no filter" (which would print every event).
+    if request_id is not None and subject is not None:
         raise InputError("give --request or --subject, not both", field="--subject")
-    if request_id:
+    if request_id is not None:
         statement = audit.events_for_request(check_public_id(request_id, field="--request"))
-    elif subject:
+    elif subject is not None:
         statement = audit.events_for_subject(ctx.keyring.subject_ref(check_subject(subject, field="--subject")))
     else:
         statement = audit.all_events()

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     from forgetd.errors import ForgetdError
 
     try:
-        cli.main(args=argv, prog_name="forgetd", standalone_mode=False)
+        # Without standalone mode, click returns the code of an explicit `ctx.exit(n)` instead of exiting.
+        rc = cli.main(args=argv, prog_name="forgetd", standalone_mode=False)
     except ForgetdError as exc:
         _say_error(" ".join(str(exc).split()) if "\n" not in exc.message else str(exc))
         sys.exit(exc.exit_code)
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> None:
         # Only the class name: exception texts (e.g. from the database driver) may quote personal data.
         _say_error(f"internal error ({type(exc).__name__}); rerun with FORGETD_DEBUG=1 for details")
         sys.exit(EX_SOFTWARE)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)

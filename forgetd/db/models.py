@@ -99,7 +99,7 @@ class Request(Base):
     shredded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    model: Mapped[Model] = relationship(lazy="joined")
+    model: Mapped[Model] = relationship(lazy="joined", innerjoin=True)
     canonical: Mapped["Request | None"] = relationship(remote_side="Request.id")
 
     __table_args__ = (Index("ix_requests_dup_lookup", "subject_ref", "model_id", "kind", "scope_ref"),)
