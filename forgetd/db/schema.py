@@ -61,8 +61,11 @@ def check_drift(engine: Engine, migrations_dir: Path) -> None:
     """`alembic check`: raises if the models and the migrated schema differ."""
     from alembic import command
 
+    import contextlib
+    import io
+
     cfg = alembic_config(migrations_dir)
-    with engine.connect() as conn:
+    with engine.connect() as conn, contextlib.redirect_stdout(io.StringIO()):
         cfg.attributes["connection"] = conn
         command.check(cfg)
 
@@ -70,6 +73,7 @@ def check_drift(engine: Engine, migrations_dir: Path) -> None:
 def ensure_current(engine: Engine, migrations_dir: Path) -> None:
     current = current_revision(engine)
     head = head_revision(migrations_dir)
+    if current is None:
+        raise SchemaOutOfDate(f"database has no forgetd schema (this forgetd needs {head}): run `forgetd db upgrade`")
     if current != head:
-        at = current or "an empty database"
-        raise SchemaOutOfDate(f"database schema is at {at}, this forgetd needs {head}: run `forgetd db upgrade`")
+        raise SchemaOutOfDate(f"database schema is at {current}, this forgetd needs {head}: run `forgetd db upgrade`")

@@ -178,3 +178,23 @@ def test_model_registration_hashes_weights(ctx, tmp_path):
     assert record["base_sha256"] == expected and len(files) == 1
     with pytest.raises(DomainError, match="already registered"):
         api.model_register(ctx, "m1", "tabular_classifier", str(directory))
+
+
+def test_auditor_views(ctx, model):
+    from sqlalchemy import text
+
+    record = _submit(ctx, model, subject="view@example.org")
+    _submit(ctx, model, subject="view@example.org")
+    with ctx.session() as s:
+        rows = s.execute(
+            text("SELECT request_id, status, duplicate_of, effective_due_at FROM v_request_status ORDER BY request_id")
+        ).all()
+        trail = s.execute(
+            text("SELECT seq, action, subject_ref FROM v_audit_trail WHERE resource_id = :r ORDER BY seq"),
+            {"r": record["id"]},
+        ).all()
+    by_id = {r.request_id: r for r in rows}
+    assert by_id[record["id"]].status == "identity_pending"
+    assert [r.duplicate_of for r in rows if r.status == "duplicate"] == [record["id"]]
+    assert [t.action for t in trail] == ["request.received", "request.identity_pending"]
+    assert trail[0].subject_ref == record["subject_ref"]
