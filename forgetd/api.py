@@ -200,10 +200,12 @@ def hash_model_dir(path: Path) -> tuple[str, list[dict[str, Any]]]:
     return combined, entries
 
 
-def model_register(ctx: Context, name: str, family: str, path: str) -> dict[str, Any]:
+def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: str | None = None) -> dict[str, Any]:
+    """Register a model directory (weights hashed) and optionally its dataset (retain and reference sets);
+    version 0 (the pristine base) becomes the served checkpoint."""
     from sqlalchemy import select
 
-    from forgetd import audit
+    from forgetd import audit, serving
     from forgetd.db.models import Model
     from forgetd.enums import FAMILY_VALUES
     from forgetd.intake import check_name
@@ -217,6 +219,7 @@ def model_register(ctx: Context, name: str, family: str, path: str) -> dict[str,
     base_sha256, files = hash_model_dir(directory)
     if not files:
         raise InputError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under the directory", field="--path")
+    dataset_sha256 = _store_dataset(ctx, Path(dataset).expanduser()) if dataset else None
     now = utcnow()
     with ctx.session() as s:
         if s.execute(select(Model.id).where(Model.name == name)).first():
@@ -227,6 +230,7 @@ def model_register(ctx: Context, name: str, family: str, path: str) -> dict[str,
             base_uri=str(directory.resolve()),
             base_sha256=base_sha256,
             weight_files=files,
+            dataset_sha256=dataset_sha256,
             registered_at=now,
             registered_by=ctx.actor,
         )
@@ -238,10 +242,31 @@ def model_register(ctx: Context, name: str, family: str, path: str) -> dict[str,
             action="model.registered",
             resource_type="model",
             resource_id=name,
-            payload={"family": family, "base_sha256": base_sha256, "weight_files": len(files)},
+            payload={"family": family, "base_sha256": base_sha256, "weight_files": len(files),
+                     "dataset_sha256": dataset_sha256},
             at=now,
         )
+        serving.create_base_checkpoint(s, model, actor=ctx.actor, now=now)
         return _model_dict(model)
+
+
+def store(ctx: Context):
+    from forgetd.store import ArtifactStore
+
+    return ArtifactStore(ctx.settings.home / "store")
+
+
+def _store_dataset(ctx: Context, path: Path) -> str:
+    """Validate a model's dataset file (records, retain and reference ids) and store it by content."""
+    import shutil
+    import tempfile
+
+    from forgetd.datasets import load_dataset_file
+
+    load_dataset_file(path)
+    with tempfile.TemporaryDirectory(dir=ctx.settings.home) as tmp:
+        shutil.copyfile(path, Path(tmp) / "dataset.json")
+        return store(ctx).put_dir("dataset", Path(tmp))
 
 
 def _model_dict(model) -> dict[str, Any]:
@@ -251,6 +276,7 @@ def _model_dict(model) -> dict[str, Any]:
         "base_uri": model.base_uri,
         "base_sha256": model.base_sha256,
         "weight_files": len(model.weight_files),
+        "dataset_sha256": model.dataset_sha256,
         "registered_at": model.registered_at.isoformat(),
         "registered_by": model.registered_by,
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from forgetd.errors import IntegrityFailure, NotFoundError
 
-KINDS = ("adapter", "checkpoint", "log", "evidence")
+KINDS = ("adapter", "checkpoint", "dataset", "log", "evidence")
 
 
 def _file_sha256(path: Path) -> str:

@@ -11,8 +11,10 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -61,6 +64,8 @@ class Model(Base):
     weight_files: Mapped[list] = mapped_column(JSON)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     registered_by: Mapped[str] = mapped_column(String(128))
+    # The model's registered data (retain set, reference set, record ids), stored content-addressed.
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Request(Base):
@@ -151,3 +156,131 @@ class AuditChainHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (CheckConstraint("id = 1", name="singleton"),)
+
+
+ADAPTER_STATUSES = ("trained", "rejected", "composed", "withdrawn")
+CHECKPOINT_STATUSES = ("building", "candidate", "rejected", "served", "retired")
+
+
+def _str_enum(values: tuple[str, ...], name: str) -> Enum:
+    return Enum(*values, name=name, validate_strings=True)
+
+
+class Adapter(Base):
+    """A trained forgetting adapter, stored content-addressed (sha256 of its directory)."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    recipe: Mapped[str] = mapped_column(String(64))
+    trained_against_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    uri: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int] = mapped_column(Integer)
+    target_modules: Mapped[list] = mapped_column(JSON)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(_str_enum(ADAPTER_STATUSES, "adapter_status"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AdapterRequest(Base):
+    """Which requests an adapter forgets (one adapter may serve a batch of one model's requests)."""
+
+    __tablename__ = "adapter_requests"
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), primary_key=True, index=True)
+
+
+class Checkpoint(Base):
+    """The base plus an ordered manifest of adapters; version 0 of every model is its pristine base."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))
+    manifest: Mapped[dict] = mapped_column(JSON)
+    content_id: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(_str_enum(CHECKPOINT_STATUSES, "checkpoint_status"))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    model: Mapped[Model] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_checkpoints_model_version"),
+        UniqueConstraint("model_id", "content_id", name="uq_checkpoints_model_content"),
+    )
+
+
+class CheckpointCoverage(Base):
+    """The requests whose forgetting a checkpoint carries."""
+
+    __tablename__ = "checkpoint_coverage"
+
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"), primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), primary_key=True, index=True)
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AliasHistory(Base):
+    """Append-only: every alias move, so `lineage subject` can say what was served when."""
+
+    __tablename__ = "alias_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    alias: Mapped[str] = mapped_column(String(32))
+    from_checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))
+    to_checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason_code: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_alias_history_model_alias", "model_id", "alias", "id"),)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_id: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    evidence_uri: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_evaluations_target", "target_kind", "target_id"),)
+
+
+class LineageEdge(Base):
+    __tablename__ = "lineage_edges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    src_kind: Mapped[str] = mapped_column(String(16))
+    src_id: Mapped[str] = mapped_column(String(64))
+    relation: Mapped[str] = mapped_column(String(32))
+    dst_kind: Mapped[str] = mapped_column(String(16))
+    dst_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("src_kind", "src_id", "relation", "dst_kind", "dst_id", name="uq_lineage_edges_edge"),
+        Index("ix_lineage_edges_dst", "dst_kind", "dst_id"),
+    )

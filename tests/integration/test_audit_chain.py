@@ -18,11 +18,11 @@ from tests.conftest import run_cli
 
 @pytest.fixture
 def trail(ctx, model):
-    """A trail of a dozen events."""
+    """A trail of 14 events: registration (2) and four requests (3 each)."""
     for i in range(4):
         record = api.request_submit(ctx, {"model": model, "policy": "gdpr-erasure", "subject": f"s{i}@example.org"})
         api.request_verify_identity(ctx, record["id"])
-    assert api.audit_verify(ctx) == {"ok": True, "checked": 13, "bad_seq": None, "problem": None}
+    assert api.audit_verify(ctx) == {"ok": True, "checked": 14, "bad_seq": None, "problem": None}
     return ctx
 
 
@@ -104,24 +104,24 @@ def test_deleted_row_is_named(trail, tamper):
 
 
 def test_deleted_tail_is_named(trail, tamper):
-    tamper.run("DELETE FROM audit_events WHERE seq = 13")
-    assert api.audit_verify(trail)["bad_seq"] == 13
+    tamper.run("DELETE FROM audit_events WHERE seq = 14")
+    assert api.audit_verify(trail)["bad_seq"] == 14
 
 
 def test_inserted_row_is_named(trail, tamper):
     tamper.run(
         "INSERT INTO audit_events (seq, at, actor, action, resource_type, resource_id, payload, payload_digest, "
-        "prev_hash, hash) SELECT 14, at, 'mallory', 'request.approved', resource_type, resource_id, payload, "
-        "payload_digest, hash, :h FROM audit_events WHERE seq = 13",
+        "prev_hash, hash) SELECT 15, at, 'mallory', 'request.approved', resource_type, resource_id, payload, "
+        "payload_digest, hash, :h FROM audit_events WHERE seq = 14",
         h="f" * 64,
     )
     result = api.audit_verify(trail)
-    assert (result["ok"], result["bad_seq"]) == (False, 14)
+    assert (result["ok"], result["bad_seq"]) == (False, 15)
 
 
 def test_cli_verify_exit_codes(trail, tamper, cli_env):
     ok = run_cli(["audit", "verify"], cli_env)
-    assert ok.returncode == 0 and "intact: 13 events" in ok.stdout
+    assert ok.returncode == 0 and "intact: 14 events" in ok.stdout
     tamper.run("UPDATE audit_events SET action = 'request.denied' WHERE seq = 9")
     bad = run_cli(["audit", "verify"], cli_env)
     assert bad.returncode == 1 and "seq 9" in bad.stderr and "Traceback" not in bad.stderr
@@ -130,11 +130,11 @@ def test_cli_verify_exit_codes(trail, tamper, cli_env):
 def test_export_matches_the_chain(trail, cli_env):
     out = run_cli(["audit", "export", "--format", "jsonl"], cli_env)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["seq"] for r in rows] == list(range(1, 14))
+    assert [r["seq"] for r in rows] == list(range(1, 15))
     assert all(rows[i]["prev_hash"] == rows[i - 1]["hash"] for i in range(1, len(rows)))
     csv_out = run_cli(["audit", "export", "--format", "csv"], cli_env)
     assert csv_out.stdout.splitlines()[0].startswith("seq,at,actor,action")
-    assert len(csv_out.stdout.splitlines()) == 14
+    assert len(csv_out.stdout.splitlines()) == 15
 
 
 APPENDER = textwrap.dedent(

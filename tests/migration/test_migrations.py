@@ -13,7 +13,10 @@ from forgetd.db.engine import make_engine
 from forgetd.errors import SchemaOutOfDate
 from tests.conftest import MIGRATIONS, REPO
 
-TABLES = {"models", "requests", "request_transitions", "audit_events", "audit_chain_head"}
+TABLES = {
+    "models", "requests", "request_transitions", "audit_events", "audit_chain_head", "checkpoints", "adapters",
+    "adapter_requests", "checkpoint_coverage", "aliases", "alias_history", "evaluations", "lineage_edges",
+}
 VIEWS = {"v_request_status", "v_audit_trail"}
 
 
