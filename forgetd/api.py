@@ -66,6 +66,12 @@ class Context:
         return self._keyring
 
     @property
+    def store(self):
+        from forgetd.store import ArtifactStore
+
+        return ArtifactStore(self.settings.home / "store")
+
+    @property
     def actor(self) -> str:
         from forgetd.intake import check_operator
 
@@ -250,12 +256,6 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
         return _model_dict(model)
 
 
-def store(ctx: Context):
-    from forgetd.store import ArtifactStore
-
-    return ArtifactStore(ctx.settings.home / "store")
-
-
 def _store_dataset(ctx: Context, path: Path) -> str:
     """Validate a model's dataset file (records, retain and reference ids) and store it by content."""
     import shutil
@@ -266,7 +266,7 @@ def _store_dataset(ctx: Context, path: Path) -> str:
     load_dataset_file(path)
     with tempfile.TemporaryDirectory(dir=ctx.settings.home) as tmp:
         shutil.copyfile(path, Path(tmp) / "dataset.json")
-        return store(ctx).put_dir("dataset", Path(tmp))
+        return ctx.store.put_dir("dataset", Path(tmp))
 
 
 def _model_dict(model) -> dict[str, Any]:
@@ -871,3 +871,105 @@ def audit_export(ctx: Context, fmt: str) -> Iterator[str]:
         raise InputError("must be jsonl or csv", field="--format")
     with ctx.session() as s:
         yield from audit.export_lines(s, fmt)
+
+
+# --- checkpoints and lineage -------------------------------------------------------------------------
+
+
+def checkpoint_list(ctx: Context, model: str) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from forgetd import serving
+    from forgetd.db.models import Checkpoint
+
+    with ctx.session() as s:
+        m = _get_model(s, model)
+        rows = s.execute(select(Checkpoint).where(Checkpoint.model_id == m.id).order_by(Checkpoint.version)).scalars()
+        return [serving.checkpoint_dict(s, c) for c in rows]
+
+
+def checkpoint_show(ctx: Context, model: str, version: int) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from forgetd import serving
+    from forgetd.db.models import Evaluation
+
+    with ctx.session() as s:
+        checkpoint = serving.get_checkpoint(s, _get_model(s, model), version)
+        record = serving.checkpoint_dict(s, checkpoint)
+        record["evaluations"] = [
+            {"metric": e.metric, "value": e.value, "threshold": e.threshold, "passed": e.passed,
+             "request_id": e.request_id, "evidence_uri": e.evidence_uri}
+            for e in s.execute(
+                select(Evaluation)
+                .where(Evaluation.target_kind == "checkpoint", Evaluation.target_id == checkpoint.id)
+                .order_by(Evaluation.id)
+            ).scalars()
+        ]
+        return record
+
+
+def checkpoint_promote(ctx: Context, model: str, version: int, *, alias: str = "prod") -> dict[str, Any]:
+    """Point the alias at a verified checkpoint (refused if it lacks any completed request)."""
+    from forgetd import serving
+
+    actor = ctx.actor
+    with ctx.session() as s:
+        m = _get_model(s, model)
+        checkpoint = serving.get_checkpoint(s, m, version)
+        serving.move_alias(s, m, checkpoint, actor=actor, reason_code="promoted", now=utcnow(), alias=alias)
+        return serving.checkpoint_dict(s, checkpoint)
+
+
+def checkpoint_rollback(ctx: Context, model: str, version: int | None = None, *, alias: str = "prod") -> dict[str, Any]:
+    """Point the alias back at VERSION (default: the checkpoint it served before). Refused when that
+    checkpoint lacks a completed request: rolling back must never resurrect forgotten data."""
+    from sqlalchemy import select
+
+    from forgetd import serving
+    from forgetd.db.models import AliasHistory, Checkpoint
+
+    actor = ctx.actor
+    with ctx.session() as s:
+        m = _get_model(s, model)
+        if version is None:
+            current = serving.served_checkpoint(s, m, alias)
+            last = s.execute(
+                select(AliasHistory)
+                .where(AliasHistory.model_id == m.id, AliasHistory.alias == alias, AliasHistory.to_checkpoint_id == current.id)
+                .order_by(AliasHistory.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if last is None or last.from_checkpoint_id is None:
+                raise DomainError(f"{alias} has no earlier checkpoint to roll back to", field="VERSION")
+            checkpoint = s.get(Checkpoint, last.from_checkpoint_id)
+        else:
+            checkpoint = serving.get_checkpoint(s, m, version)
+        serving.move_alias(s, m, checkpoint, actor=actor, reason_code="rollback", now=utcnow(), alias=alias)
+        return serving.checkpoint_dict(s, checkpoint)
+
+
+def lineage_request(ctx: Context, public_id: str) -> dict[str, Any]:
+    from forgetd import lineage
+
+    with ctx.session() as s:
+        return lineage.for_request(s, _get_request(s, public_id))
+
+
+def lineage_subject(ctx: Context, subject: str) -> dict[str, Any]:
+    from forgetd import lineage
+    from forgetd.intake import check_subject
+
+    subject_ref = ctx.keyring.subject_ref(check_subject(subject, field="SUBJECT"))
+    with ctx.session() as s:
+        return lineage.for_subject(s, subject_ref, now=utcnow())
+
+
+# --- the pipeline -----------------------------------------------------------------------------------
+
+
+def tick(ctx: Context, *, progress=None) -> dict[str, Any]:
+    """Run the pipeline in-process until nothing moves: approved → … → completed."""
+    from forgetd import pipeline
+
+    return pipeline.run_until_idle(ctx, now_fn=utcnow, progress=progress).to_dict()

@@ -13,12 +13,15 @@ import click
 
 from forgetd import __version__
 from forgetd.cli.audit import audit
+from forgetd.cli.checkpoints import checkpoint
 from forgetd.cli.db import db, init
 from forgetd.cli.demo import demo
+from forgetd.cli.lineage import lineage
 from forgetd.cli.models import model
 from forgetd.cli.policies import policy
 from forgetd.cli.requests import request
 from forgetd.cli.sweep import sweep
+from forgetd.cli.tick import tick
 
 EX_SOFTWARE = 70
 
@@ -41,7 +44,7 @@ def cli(operator: str | None) -> None:
     """
 
 
-for command in (init, db, model, request, policy, audit, sweep, demo):
+for command in (init, db, model, request, tick, checkpoint, lineage, policy, audit, sweep, demo):
     cli.add_command(command)
 
 

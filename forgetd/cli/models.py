@@ -21,16 +21,17 @@ def model() -> None:
 @click.argument("name")
 @click.option("--family", required=True, type=click.Choice(FAMILY_VALUES), help="Model family.")
 @click.option("--path", "path", required=True, help="Local model directory (Hugging Face / diffusers layout).")
+@click.option("--dataset", help="JSON dataset: records, retain and reference sets (see forgetd/datasets.py).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.pass_context
-def register(ctx: click.Context, name: str, family: str, path: str, as_json: bool) -> None:
+def register(ctx: click.Context, name: str, family: str, path: str, dataset: str | None, as_json: bool) -> None:
     """Register model NAME; its weight files are hashed and checked on every later load.
 
     Example: forgetd model register demo-lm --family causal_lm --path ./models/demo-lm
     """
     from forgetd import api
 
-    record = api.model_register(api_context(ctx), name, family, path)
+    record = api.model_register(api_context(ctx), name, family, path, dataset=dataset)
     if as_json:
         emit_json(record)
     else:

@@ -289,12 +289,21 @@ def qa_accuracy(
 
 
 # ------------------------------------------------------------------------------------------- training
-def _batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless epochs of batches of similar length (little padding): shuffle, sort within windows of
+    16 batches by length, cut into batches, shuffle the batches. Deterministic given ``rng``."""
+    n = len(lengths)
+    batch_size = max(1, min(batch_size, n))
+    window = batch_size * 16
     while True:
         order = list(range(n))
         rng.shuffle(order)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield order[i : i + batch_size]
+        batches: list[list[int]] = []
+        for w in range(0, n, window):
+            chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+            batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        rng.shuffle(batches)
+        yield from batches
 
 
 def train_tiny_lm(
@@ -339,14 +348,15 @@ def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -
         return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
     rng = random.Random(f"tiny-lm-{cfg.seed}")
-    batches = _batches(len(seqs), min(cfg.batch_size, len(seqs)), rng)
+    batches = _batches([len(x) for x in seqs], cfg.batch_size, rng)
     model.train()
     step, probe_acc, loss_val = 0, 0.0, float("nan")
     history: list[dict[str, float]] = []
-    t_train = time.perf_counter()
+    t_train, cpu_train, n_tokens = time.perf_counter(), time.process_time(), 0
     while step < cfg.max_steps:
         idx = next(batches)
         ids, labels = _pad_right([seqs[i] for i in idx], tokenizer.pad_token_id)
+        n_tokens += ids.numel()
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(input_ids=ids, labels=labels).loss
@@ -369,6 +379,7 @@ def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -
             if probe_acc >= cfg.target_qa:
                 break
     train_seconds = time.perf_counter() - t_train
+    train_cpu_seconds = time.process_time() - cpu_train
     model.eval()
     metrics: dict[str, Any] = {
         "params": n_params,
@@ -377,6 +388,8 @@ def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -
         "final_loss": loss_val,
         "trained_qa_teacher_forced": probe_acc,
         "train_seconds": round(train_seconds, 3),
+        "train_cpu_seconds": round(train_cpu_seconds, 3),
+        "train_tokens": n_tokens,
         "total_seconds": round(time.perf_counter() - t0, 3),
         "threads": torch.get_num_threads(),
         "train_documents": len(seqs),

@@ -1,0 +1,55 @@
+"""`forgetd tick`: run the pipeline once, in-process, until nothing moves."""
+
+from __future__ import annotations
+
+import click
+
+from forgetd.cli.context import api_context
+from forgetd.cli.render import emit_json
+
+
+def _printer(verbose: bool):
+    last = {}
+
+    def show(event: dict) -> None:
+        stage = event.get("stage")
+        what = event.get("request") or event.get("model")
+        if "step" in event:
+            if not verbose and event["step"] % 10 and event["step"] != event.get("max_steps"):
+                return
+            bar_width = 20
+            done = int(bar_width * event["step"] / max(1, event["max_steps"]))
+            click.echo(
+                f"  [{stage} {what}] [{'#' * done}{'.' * (bar_width - done)}] step {event['step']}/{event['max_steps']}"
+                f" loss {event['loss']:.3f} forget_qa {event.get('forget_qa_acc', float('nan')):.2f}"
+                f" mia {event.get('mia_auc', float('nan')):.2f}",
+                err=True,
+            )
+        elif (stage, what) != last.get("key"):
+            click.echo(f"{stage} {what}", err=True)
+        last["key"] = (stage, what)
+
+    return show
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--verbose", is_flag=True, help="Report every evaluation step of training.")
+@click.pass_context
+def tick(ctx, as_json, verbose) -> None:
+    """Run the pipeline synchronously: approved → train → evaluate → compose → verify → promote →
+    completed, with progress on stderr.
+
+    Example: forgetd tick
+    """
+    from forgetd import api
+
+    report = api.tick(api_context(ctx), progress=_printer(verbose))
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(
+        f"scheduled {len(report['scheduled'])}, trained {len(report['trained'])}, "
+        f"candidates {', '.join(report['candidates']) or '-'}, completed {len(report['completed'])}, "
+        f"failed {len(report['failed'])}"
+    )

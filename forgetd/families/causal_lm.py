@@ -1,0 +1,139 @@
+"""Family `causal_lm`: local Hugging Face causal LMs (DESIGN 9).
+
+Loading always goes through `load_model`, which checks the registered weight hash first. Forget data
+comes from the request payload (raw texts / QA pairs, or ids of records in the model's registered
+dataset); retain and reference data come from the registered dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from forgetd.errors import DomainError, IntegrityFailure
+
+QA_PROMPT = "Question: {question} Answer:"
+
+
+def format_prompt(question: str) -> str:
+    return QA_PROMPT.format(question=question)
+
+
+def format_qa(question: str, answer: str) -> str:
+    return f"{format_prompt(question)} {answer}"
+
+
+def check_weights(model_dir: Path, expected_sha256: str | None) -> None:
+    """The weights on disk must be the ones registered (or composed): nothing else is ever loaded."""
+    if expected_sha256 is None:
+        return
+    from forgetd.api import hash_model_dir
+
+    actual, _ = hash_model_dir(model_dir)
+    if actual != expected_sha256:
+        raise IntegrityFailure(
+            f"weights under {model_dir} hash to {actual[:12]}, registered {expected_sha256[:12]}", field="base_sha256"
+        )
+
+
+def quiet_transformers() -> None:
+    """Loading bars and library deprecation chatter are noise in an operator's terminal and in logs."""
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+
+
+def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    check_weights(model_dir, expected_sha256)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    model.eval()
+    return model
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+# Module names per architecture: "mlp" targets the feed-forward block, "attn" the attention projections.
+_TARGETS = {
+    "llama": {"mlp": ["gate_proj", "up_proj", "down_proj"], "attn": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "gpt2": {"mlp": ["c_fc", "mlp.c_proj"], "attn": ["c_attn", "attn.c_proj"]},
+}
+
+
+def lora_targets(model, target: str) -> tuple[list[str], bool]:
+    """(target module names, fan_in_fan_out) for `target` in {mlp, attn, all}."""
+    arch = model.config.model_type
+    if arch not in _TARGETS:
+        raise DomainError(f"no LoRA target map for architecture {arch}", field="adapter.target")
+    names = _TARGETS[arch]["mlp"] + _TARGETS[arch]["attn"] if target == "all" else _TARGETS[arch][target]
+    return names, arch == "gpt2"  # GPT-2 uses Conv1D, whose weight is transposed
+
+
+@dataclass
+class ForgetData:
+    """Everything a recipe or verifier needs about one request (or a batch of one model's requests)."""
+
+    forget_texts: list[str]
+    forget_qa: list[tuple[str, str]]
+    retain_texts: list[str]
+    retain_qa: list[tuple[str, str]]
+    reference_texts: list[str]
+    reference_qa: list[tuple[str, str]]
+    general_texts: list[str] = field(default_factory=list)
+
+    def calibration_half(self) -> "ForgetData":
+        """Even-indexed reference data: what recipes may look at to decide when to stop."""
+        return replace(self, reference_texts=self.reference_texts[::2], reference_qa=self.reference_qa[::2])
+
+    def verification_half(self) -> "ForgetData":
+        """Odd-indexed reference data, never seen by a stopping rule: what verification judges with."""
+        return replace(self, reference_texts=self.reference_texts[1::2], reference_qa=self.reference_qa[1::2])
+
+    def forget_documents(self) -> list[str]:
+        return self.forget_texts + [format_qa(q, a) for q, a in self.forget_qa]
+
+    def retain_documents(self) -> list[str]:
+        return self.retain_texts + [format_qa(q, a) for q, a in self.retain_qa]
+
+
+def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain: set[str] = frozenset()) -> ForgetData:
+    """Resolve request payloads against the model's dataset. Records being forgotten (by any request in
+    `payloads` or `exclude_from_retain`) never count as retain data."""
+    forget_ids: list[str] = []
+    texts: list[str] = []
+    qa: list[tuple[str, str]] = []
+    for payload in payloads:
+        for record_id in payload.get("corpus_ids", []):
+            if dataset is None or record_id not in dataset.records:
+                raise DomainError("the request names a record id that is not in the model's dataset", field="forget.corpus_ids")
+            forget_ids.append(record_id)
+        texts += payload.get("texts", [])
+    if dataset is not None:
+        texts += dataset.texts_of(forget_ids)
+        qa += dataset.qa_of(forget_ids)
+    if not texts and not qa:
+        raise DomainError("nothing to forget: the payload names no texts and no dataset records", field="forget")
+    excluded = set(forget_ids) | set(exclude_from_retain)
+    retain_ids = [i for i in (dataset.retain if dataset else []) if i not in excluded]
+    reference_ids = list(dataset.reference) if dataset else []
+    return ForgetData(
+        forget_texts=texts,
+        forget_qa=qa,
+        retain_texts=dataset.texts_of(retain_ids) if dataset else [],
+        retain_qa=dataset.qa_of(retain_ids) if dataset else [],
+        reference_texts=dataset.texts_of(reference_ids) if dataset else [],
+        reference_qa=dataset.qa_of(reference_ids) if dataset else [],
+        general_texts=list(dataset.general) if dataset else [],
+    )

@@ -1,0 +1,63 @@
+"""Gradient ascent with full fine-tuning: the baseline every benchmark compares against.
+
+loss = −CE(forget) on all weights. The output is a whole model, not an adapter, so it cannot be
+composed: the pipeline refuses it; benchmarks use it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from forgetd.training.common import Progress, StopCheck, check_loss, encode, pad, sample, seed_everything
+
+
+def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    import torch
+
+    spec = recipe.train
+    rng = seed_everything(spec.seed)
+    started = time.perf_counter()
+    model.train()
+    forget = encode(tokenizer, data.forget_documents())
+    pad_id = tokenizer.pad_token_id
+    calibration = data.calibration_half()
+    stop = StopCheck(
+        forget_qa=data.forget_qa,
+        forget_texts=data.forget_texts,
+        reference_qa=calibration.reference_qa,
+        reference_texts=calibration.reference_texts,
+        qa_margin=spec.stop_qa_margin,
+        mia_margin=spec.stop_mia_margin,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    history: list[dict[str, float]] = []
+    stop_reason = "max_steps"
+    step = 0
+    for step in range(1, spec.max_steps + 1):
+        ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id)
+        loss = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        value = check_loss(loss, step=step, limit=spec.loss_explode)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+        optimizer.step()
+        if step % spec.eval_every == 0 or step == spec.max_steps:
+            measured = stop.measure(model, tokenizer)
+            history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in measured.items()}})
+            if progress:
+                progress({"step": step, "max_steps": spec.max_steps, "loss": value, **measured})
+            if spec.stop == "reference" and stop.satisfied(measured):
+                stop_reason = "reference"
+                break
+    model.eval()
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return {
+        "steps": step,
+        "stop_reason": stop_reason,
+        "seconds": round(time.perf_counter() - started, 3),
+        "history": history,
+        "trainable_params": sum(p.numel() for p in params),
+    }

@@ -1,0 +1,94 @@
+"""NPO on a LoRA adapter (Zhang et al. 2024), with a retain term.
+
+loss = −(2/β)·mean log σ(β·(NLL_θ(f) − NLL_ref(f)))  +  α·R
+where f are forget sequences, ref is the same model with the adapter switched off (no second copy),
+and R is either CE on retain text or KL(p_ref ‖ p_θ) on it (`train.retain_loss`).
+Stops when the forget set looks like the reference set (`train.stop: reference`) or after max_steps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from forgetd.training.common import (
+    Progress,
+    StopCheck,
+    check_loss,
+    encode,
+    lora_config,
+    pad,
+    retain_kl,
+    sample,
+    seed_everything,
+    sequence_nll,
+)
+
+
+def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    import torch
+    from peft import get_peft_model
+
+    spec = recipe.train
+    rng = seed_everything(spec.seed)
+    started = time.perf_counter()
+    model = get_peft_model(model, lora_config(model, recipe.adapter))
+    forget = encode(tokenizer, data.forget_documents())
+    retain = encode(tokenizer, data.retain_documents())
+    pad_id = tokenizer.pad_token_id
+
+    with torch.no_grad(), model.disable_adapter():
+        model.eval()
+        ref_nll = {i: float(v) for i, v in enumerate(sequence_nll(model, *pad(forget, pad_id)))}
+    model.train()
+    calibration = data.calibration_half()
+    stop = StopCheck(
+        forget_qa=data.forget_qa,
+        forget_texts=data.forget_texts,
+        reference_qa=calibration.reference_qa,
+        reference_texts=calibration.reference_texts,
+        qa_margin=spec.stop_qa_margin,
+        mia_margin=spec.stop_mia_margin,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    history: list[dict[str, float]] = []
+    stop_reason = "max_steps"
+    step = 0
+    for step in range(1, spec.max_steps + 1):
+        index = rng.sample(range(len(forget)), min(spec.batch_size, len(forget)))
+        ids, mask, labels = pad([forget[i] for i in index], pad_id)
+        nll = sequence_nll(model, ids, mask, labels)
+        ref = torch.tensor([ref_nll[i] for i in index])
+        loss_forget = -(2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
+        loss = loss_forget
+        if retain and spec.retain_weight > 0:
+            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.batch_size), pad_id)
+            if spec.retain_loss == "kl":
+                with torch.no_grad(), model.disable_adapter():
+                    ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
+                loss = loss + spec.retain_weight * retain_kl(model, r_ids, r_mask, ref_logits)
+            else:
+                loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
+        value = check_loss(loss, step=step, limit=spec.loss_explode)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+        optimizer.step()
+        if step % spec.eval_every == 0 or step == spec.max_steps:
+            measured = stop.measure(model, tokenizer)
+            history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in measured.items()}})
+            if progress:
+                progress({"step": step, "max_steps": spec.max_steps, "loss": value, **measured})
+            if spec.stop == "reference" and stop.satisfied(measured):
+                stop_reason = "reference"
+                break
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return {
+        "steps": step,
+        "stop_reason": stop_reason,
+        "seconds": round(time.perf_counter() - started, 3),
+        "history": history,
+        "trainable_params": sum(p.numel() for p in params),
+    }

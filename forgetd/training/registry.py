@@ -1,0 +1,113 @@
+"""Adapter recipes: adapters/*.yaml validated here, mapped to code only through this allowlist."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forgetd.enums import FAMILY_VALUES
+from forgetd.errors import InputError, NotFoundError
+
+# The only modules a YAML file may name. Adding a recipe means adding it here, in review.
+RECIPE_MODULES = {
+    "forgetd.training.recipes.npo_lora": "causal_lm",
+    "forgetd.training.recipes.graddiff_lora": "causal_lm",
+    "forgetd.training.recipes.simnpo_lora": "causal_lm",
+    "forgetd.training.recipes.ga_full": "causal_lm",
+}
+
+
+class AdapterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["lora", "full"]
+    r: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16, gt=0)
+    target: Literal["mlp", "attn", "all"] = "mlp"
+    layers: list[int] | None = None  # restrict to these transformer blocks (None: all)
+    # Composition is exact only for plain LoRA (DESIGN 10): these must stay off.
+    use_rslora: Literal[False] = False
+    use_dora: Literal[False] = False
+    lora_bias: Literal[False] = False
+
+
+class TrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(default=200, ge=1, le=100_000)
+    lr: float = Field(default=1e-4, gt=0, le=1.0)
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    beta: float = Field(default=0.1, gt=0)
+    delta: float = Field(default=0.0)
+    retain_weight: float = Field(default=1.0, ge=0)
+    retain_loss: Literal["ce", "kl"] = "ce"
+    eval_every: int = Field(default=5, ge=1)
+    stop: Literal["fixed", "reference"] = "reference"
+    stop_qa_margin: float = Field(default=0.0, ge=0, le=1)
+    stop_mia_margin: float = Field(default=0.05, ge=0, le=0.5)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    loss_explode: float = Field(default=1e4, gt=0)
+    seed: int = 0
+
+
+class AdapterRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    family: Literal[FAMILY_VALUES]  # type: ignore[valid-type]
+    recipe: str
+    description: str | None = None
+    adapter: AdapterSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _allowlisted(self) -> "AdapterRecipe":
+        family = RECIPE_MODULES.get(self.recipe)
+        if family is None:
+            raise ValueError(f"recipe {self.recipe!r} is not in the registry allowlist")
+        if family != self.family:
+            raise ValueError(f"recipe {self.recipe} is for family {family}, not {self.family}")
+        return self
+
+    @property
+    def composable(self) -> bool:
+        return self.adapter.type == "lora"
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.recipe)
+
+
+def load_recipe_file(path: Path) -> AdapterRecipe:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise InputError(f"{path}: cannot read the file", field=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}", field=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the top level must be a mapping", field=str(path))
+    try:
+        recipe = AdapterRecipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(f"{path}: {where}: {first['msg']}", field=where) from None
+    if recipe.name != path.stem:
+        raise InputError(f"{path}: name: {recipe.name!r} must match the file name {path.stem!r}", field="name")
+    return recipe
+
+
+def get_recipe(adapters_dir: Path, name: str, **overrides: Any) -> AdapterRecipe:
+    path = adapters_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in adapters_dir.glob("*.yaml"))) or "none"
+        raise NotFoundError(f"no adapter recipe {name!r} in {adapters_dir} (known: {known})", field="recipe")
+    recipe = load_recipe_file(path)
+    if overrides:
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update=overrides)})
+    return recipe

@@ -1,0 +1,49 @@
+"""Policy thresholds applied to measured metrics. Fail-closed: a missing metric fails its check."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+
+    def describe(self) -> str:
+        return f"{self.metric}={self.value:.4f} (threshold {self.threshold:g})"
+
+
+def _ok(value: float, condition: bool) -> bool:
+    return not math.isnan(value) and condition
+
+
+def causal_lm_checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[str, float]) -> list[Check]:
+    """forget QA ≤ reference QA + t; retain QA ≥ t × original's; |MIA AUC − 0.5| ≤ t."""
+    checks: list[Check] = []
+    nan = float("nan")
+    if "forget_qa_acc_max_over_reference" in thresholds:
+        t = thresholds["forget_qa_acc_max_over_reference"]
+        gap = metrics.get("forget_qa_acc", nan) - metrics.get("reference_qa_acc", nan)
+        checks.append(Check("forget_qa_acc_over_reference", gap, t, _ok(gap, gap <= t + 1e-12)))
+    if "retain_acc_min_ratio" in thresholds:
+        t = thresholds["retain_acc_min_ratio"]
+        base = original.get("retain_qa_acc", nan)
+        ratio = metrics.get("retain_qa_acc", nan) / base if base and not math.isnan(base) else nan
+        checks.append(Check("retain_qa_acc_ratio", ratio, t, _ok(ratio, ratio >= t - 1e-12)))
+    if "mia_auc_max_dev" in thresholds:
+        t = thresholds["mia_auc_max_dev"]
+        dev = abs(metrics.get("mia_auc", nan) - 0.5)
+        checks.append(Check("mia_auc_deviation", dev, t, _ok(dev, dev <= t + 1e-12)))
+    return checks
+
+
+CHECKERS = {"causal_lm": causal_lm_checks}
+
+
+def failing(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if not c.passed]

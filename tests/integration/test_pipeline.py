@@ -1,0 +1,169 @@
+"""The forgetting pipeline end to end on a tiny causal LM: train, evaluate, compose, verify, promote,
+and the failure paths (corrupt adapter, failed verification, refused rollback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from sqlalchemy import select  # noqa: E402
+
+from forgetd import api, pipeline  # noqa: E402
+from forgetd.db.models import Checkpoint  # noqa: E402
+from forgetd.errors import DomainError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+POLICY = """
+name: {name}
+applies_to: {{kind: data}}
+deadline: {{rule: calendar-month, extension_max: P2M}}
+identity_required: false
+approval: {{required: false}}
+recipes: {{causal_lm: npo-lora}}
+verification: {{forget_qa_acc_max_over_reference: {qa}, retain_acc_min_ratio: {retain}, mia_auc_max_dev: {mia}}}
+compose: {{cadence: "*/15 * * * *", max_batch: 16}}
+retention: {{shred_payload_after: P30D}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A small people corpus and a 2-layer Llama trained on it for a few seconds (cached per run)."""
+    from forgetd.demo.people import PeopleCorpusConfig
+    from forgetd.demo.tiny_lm import TinyLMConfig, ensure_tiny_lm, load_demo_corpus
+    from forgetd.demo.llm_dataset import write_corpus_dataset
+
+    cfg = TinyLMConfig(
+        corpus=PeopleCorpusConfig(seed=3, n_people=30, n_holdout=8, n_forget_candidates=6),
+        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, batch_size=32, lr=3e-3,
+        max_steps=150, eval_every=50, target_qa=0.9,
+    )
+    root = tmp_path_factory.mktemp("tiny-lm")
+    model_dir = ensure_tiny_lm(root, cfg, threads=2)
+    corpus = load_demo_corpus(model_dir)
+    dataset = write_corpus_dataset(corpus, root / "dataset.json")
+    return model_dir, dataset, [p.id for p in corpus.forget_candidates]
+
+
+@pytest.fixture
+def db_url(sqlite_url):
+    return sqlite_url
+
+
+@pytest.fixture
+def pipe(settings, tmp_path, tiny_lm):
+    """api context with test policies (loose: verification passes; strict: it cannot) and fast recipes."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "loose.yaml").write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=0.5))
+    (policies / "strict.yaml").write_text(POLICY.format(name="strict", qa=1.0, retain=1.5, mia=0.5))
+    adapters = tmp_path / "adapters"
+    shutil.copytree(REPO / "adapters", adapters)
+    recipe = (adapters / "npo-lora.yaml").read_text().replace("max_steps: 200", "max_steps: 6")
+    (adapters / "npo-lora.yaml").write_text(recipe)
+    ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters))
+    model_dir, dataset, people = tiny_lm
+    api.model_register(ctx, "lm", "causal_lm", str(model_dir), dataset=str(dataset))
+    yield ctx, people
+    ctx.close()
+
+
+def _submit(ctx, person: str, policy: str = "loose") -> str:
+    record = api.request_submit(
+        ctx, {"model": "lm", "policy": policy, "subject": f"{person}@example.org", "forget": {"corpus_ids": [person]}}
+    )
+    assert record["status"] == "approved"
+    return record["id"]
+
+
+def test_requests_complete_through_one_verified_checkpoint(pipe):
+    ctx, people = pipe
+    first, second = _submit(ctx, people[0]), _submit(ctx, people[1])
+    report = api.tick(ctx)
+    assert sorted(report["completed"]) == sorted([first, second]) and report["candidates"] == ["lm@v1"]
+    checkpoints = api.checkpoint_list(ctx, "lm")
+    assert [(c["version"], c["status"], c["aliases"]) for c in checkpoints] == [(0, "retired", []), (1, "served", ["prod"])]
+    assert sorted(checkpoints[1]["covers"]) == sorted([first, second]) and len(checkpoints[1]["adapters"]) == 2
+    shown = api.checkpoint_show(ctx, "lm", 1)
+    assert shown["evaluations"] and all(e["passed"] for e in shown["evaluations"] if e["passed"] is not None)
+
+    lineage = api.lineage_request(ctx, first)
+    assert lineage["honoured_at"] and [c["version"] for c in lineage["checkpoints"]] == [1]
+    relations = {e["relation"] for e in lineage["edges"]}
+    assert {"trained_for", "trained_against", "composed_into"} <= relations
+    subject = api.lineage_subject(ctx, f"{people[0]}@example.org")
+    served = subject["models"][0]["served"]
+    assert [(s["version"], s["contains_subject_data"]) for s in served] == [(0, True), (1, False)]
+    assert subject["models"][0]["data_served_until"] == served[0]["to"]
+    assert api.audit_verify(ctx)["ok"]
+
+
+def test_stored_artifacts_load_with_stock_libraries(pipe):
+    import peft
+    import transformers
+
+    ctx, people = pipe
+    _submit(ctx, people[0])
+    api.tick(ctx)
+    record = api.checkpoint_show(ctx, "lm", 1)
+    adapter_dir = ctx.store.open_dir("adapter", record["adapters"][0])
+    meta = json.loads((adapter_dir / pipeline.ADAPTER_META).read_text())
+    assert meta["recipe"] == "npo-lora" and meta["trained_against"]["version"] == 0
+    base = Path(api.checkpoint_show(ctx, "lm", 0)["uri"])
+    peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), adapter_dir)
+    merged = ctx.store.open_dir("checkpoint", record["uri"].rsplit("/", 1)[-1])
+    transformers.AutoModelForCausalLM.from_pretrained(merged, local_files_only=True)
+    transformers.AutoTokenizer.from_pretrained(merged, local_files_only=True)
+
+
+def test_a_flipped_byte_fails_the_request_before_any_candidate(pipe):
+    ctx, people = pipe
+    public_id = _submit(ctx, people[0])
+    pipeline.schedule(ctx, now=api.utcnow())
+    sha = pipeline.train(ctx, public_id, now_fn=api.utcnow)
+    assert pipeline.evaluate_adapter(ctx, public_id, now_fn=api.utcnow)
+    weights = ctx.store.path("adapter", sha) / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert pipeline.compose(ctx, "lm", now_fn=api.utcnow) is None
+    shown = api.request_show(ctx, public_id)
+    assert shown["status"] == "failed" and "corrupt" in shown["status_reason"]
+    assert [c["version"] for c in api.checkpoint_list(ctx, "lm")] == [0]
+
+
+def test_a_candidate_failing_verification_is_never_promoted(pipe):
+    ctx, people = pipe
+    public_id = _submit(ctx, people[0], policy="strict")
+    report = api.tick(ctx)
+    assert report["completed"] == []
+    shown = api.request_show(ctx, public_id)
+    assert shown["status"] == "failed" and "retain_qa_acc_ratio" in shown["status_reason"]
+    served = [c for c in api.checkpoint_list(ctx, "lm") if "prod" in c["aliases"]]
+    assert [c["version"] for c in served] == [0]
+
+
+def test_rollback_that_would_resurrect_data_is_refused(pipe):
+    ctx, people = pipe
+    first = _submit(ctx, people[0])
+    api.tick(ctx)
+    second = _submit(ctx, people[1])
+    api.tick(ctx)
+    versions = {c["version"]: c for c in api.checkpoint_list(ctx, "lm")}
+    assert versions[2]["aliases"] == ["prod"] and sorted(versions[2]["covers"]) == sorted([first, second])
+    for target in (None, 1, 0):
+        with pytest.raises(DomainError, match="resurrect"):
+            api.checkpoint_rollback(ctx, "lm", target)
+    assert [c["version"] for c in api.checkpoint_list(ctx, "lm") if c["aliases"]] == [2]
+    # the second adapter was trained against v1, the checkpoint serving when it was trained
+    with ctx.session() as s:
+        v1_id = s.execute(select(Checkpoint.id).where(Checkpoint.version == 1)).scalar_one()
+    assert api.lineage_request(ctx, second)["adapters"][0]["trained_against_id"] == v1_id
