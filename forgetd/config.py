@@ -23,6 +23,7 @@ _TOML_KEYS = {
     "policies_dir",
     "adapters_dir",
     "data_root",
+    "cache_dir",
 }
 
 
@@ -49,9 +50,16 @@ class Settings:
     adapters_dir: Path = field(default_factory=lambda: _repo_or_installed_dir("adapters"))
     migrations_dir: Path = field(default_factory=lambda: _repo_or_installed_dir("migrations"))
     data_root: Path | None = None
+    # Tiny demo and test models, keyed by config hash: survives throwaway FORGETD_HOMEs.
+    cache_dir: Path = field(default_factory=lambda: _default_cache())
 
     def with_operator(self, operator: str | None) -> "Settings":
         return replace(self, operator=operator) if operator else self
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "forgetd"
 
 
 def _default_home() -> Path:
@@ -113,6 +121,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ("FORGETD_POLICIES_DIR", "policies_dir"),
         ("FORGETD_ADAPTERS_DIR", "adapters_dir"),
         ("FORGETD_DATA_ROOT", "data_root"),
+        ("FORGETD_CACHE_DIR", "cache_dir"),
     ):
         value = pick(env_key, toml_key, None)
         if value:

@@ -12,8 +12,9 @@ from forgetd.cli.render import day, emit_json, emit_table
 
 @click.command()
 @click.option("--home", type=click.Path(path_type=Path), help="Demo FORGETD_HOME (default: a new temporary folder).")
+@click.option("--no-models", is_flag=True, help="Only the request lifecycle (no model training).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def demo(home: Path | None, as_json: bool) -> None:
+def demo(home: Path | None, no_models: bool, as_json: bool) -> None:
     """Run the demo on a fresh SQLite database; never touches your configured database.
 
     Example: forgetd demo
@@ -21,7 +22,9 @@ def demo(home: Path | None, as_json: bool) -> None:
     from forgetd.demo import lifecycle
 
     home = home or Path(tempfile.mkdtemp(prefix="forgetd-demo-"))
-    result = lifecycle.run(home)
+    from forgetd.cli.tick import _printer
+
+    result = lifecycle.run(home, with_models=not no_models, progress=None if as_json else _printer(False))
     if as_json:
         emit_json(result)
         return
@@ -33,5 +36,29 @@ def demo(home: Path | None, as_json: bool) -> None:
         [{**r, "due": day(r["effective_due_at"]), "shredded": bool(r["shredded_at"])} for r in result["requests"]],
         ["id", "policy", "kind", "status", "due", "duplicate_of", "shredded"],
     )
+    if result["llm"]:
+        _print_llm(result["llm"])
     if not result["audit"]["ok"]:
         raise click.ClickException("audit trail verification failed")
+
+
+def _print_llm(llm: dict) -> None:
+    click.echo("")
+    click.echo(f"demo-lm before (v0) and after (v{llm['served_version']}):")
+    before, after = llm["before"], llm["after"]
+    rows = []
+    for person in llm["people"]:
+        b, a = before["people"][person], after["people"][person]
+        rows.append({
+            "forgotten": person,
+            "forget_qa": f"{b['forget_qa_acc']:.2f} -> {a['forget_qa_acc']:.2f}",
+            "mia_auc": f"{b['mia_auc']:.2f} -> {a['mia_auc']:.2f}",
+        })
+    emit_table(rows, ["forgotten", "forget_qa", "mia_auc"])
+    click.echo(
+        f"retain QA {before['retain_qa_acc']:.3f} -> {after['retain_qa_acc']:.3f}; "
+        f"reference (never trained) QA {before['reference_qa_acc']:.3f}; MIA target 0.5"
+    )
+    for r in llm["requests"]:
+        if r["status"] != "completed":
+            click.echo(f"{r['id']}: {r['status']} ({r['reason']})")

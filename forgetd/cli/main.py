@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         _say_error("aborted")
         sys.exit(1)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A bare group (e.g. `forgetd` or `forgetd request`) shows its help, as a usage hint.
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         # Usage errors: bad option, missing argument, wrong type. Click names the parameter.
         _say_error(exc.format_message())

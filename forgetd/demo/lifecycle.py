@@ -33,8 +33,13 @@ def build_demo_weights(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
-def run(home: Path) -> dict[str, Any]:
-    base = load_settings({"FORGETD_HOME": str(home)})
+def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any]:
+    import os
+
+    env = {"FORGETD_HOME": str(home)}
+    if os.environ.get("FORGETD_CACHE_DIR"):
+        env["FORGETD_CACHE_DIR"] = os.environ["FORGETD_CACHE_DIR"]
+    base = load_settings(env)
     ctxs: dict[str, api.Context] = {}
 
     def as_(operator: str) -> api.Context:
@@ -74,6 +79,8 @@ def run(home: Path) -> dict[str, Any]:
             steps.append(f"alice tried to approve her own request: refused ({exc.message.split(': ', 1)[-1]})")
         approved = api.request_approve(as_("bob"), gdpr["id"])
         steps.append(f"bob approved {gdpr['id']}: {approved['status']}, due {approved['effective_due_at'][:10]}")
+        api.request_hold(as_("bob"), gdpr["id"], "forgetting for tabular models is not deployed yet")
+        steps.append(f"bob put {gdpr['id']} on hold until the tabular pipeline is deployed")
 
         # A concept request: no identity check; put on hold with the clock paused, then released.
         concept = api.request_submit(
@@ -102,8 +109,18 @@ def run(home: Path) -> dict[str, Any]:
         swept = api.sweep(as_("alice"))
         verify = api.audit_verify(as_("alice"))
         steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
+        llm = None
+        if with_models:
+            from forgetd.demo import llm as llm_demo
+
+            llm = llm_demo.run(as_, base.cache_dir, home, progress=progress)
+            steps.append(
+                f"demo-lm: {len(llm['requests'])} erasure requests ticked through; prod serves v{llm['served_version']}"
+            )
+            verify = api.audit_verify(as_("alice"))
+            steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
         requests = api.request_list(as_("alice"))
-        return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify}
+        return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify, "llm": llm}
     finally:
         for ctx in ctxs.values():
             ctx.close()

@@ -32,17 +32,35 @@ def encode(tokenizer, texts: Sequence[str], max_len: int = 256) -> list[list[int
     return [list(s)[:max_len] + [tokenizer.eos_token_id] for s in ids]
 
 
-def pad(seqs: Sequence[Sequence[int]], pad_id: int):
-    """Right-padded ids, attention mask and labels (-100 on padding)."""
+def encode_forget(tokenizer, data, max_len: int = 256) -> list[tuple[list[int], int]]:
+    """Forget sequences with the index of their first scored token: whole texts, and for QA pairs only
+    the answer (the question is not what must be forgotten; scoring it would damage how the model
+    reads every other question)."""
+    from forgetd.families.causal_lm import format_prompt, format_qa
+
+    items = [(s, 1) for s in encode(tokenizer, data.forget_texts, max_len)]
+    for question, answer in data.forget_qa:
+        prompt = list(tokenizer(format_prompt(question))["input_ids"])
+        full = list(tokenizer(format_qa(question, answer))["input_ids"])[:max_len] + [tokenizer.eos_token_id]
+        start = len(prompt) if full[: len(prompt)] == prompt else 1
+        items.append((full, start))
+    return items
+
+
+def pad(seqs: Sequence[Sequence[int] | tuple[Sequence[int], int]], pad_id: int):
+    """Right-padded ids, attention mask and labels (-100 on padding and before each scored start).
+    Items are token lists, or (tokens, first scored index) pairs from `encode_forget`."""
     import torch
 
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
+    pairs = [(s, 0) if not isinstance(s, tuple) else s for s in seqs]
+    width = max(len(s) for s, _ in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    for i, (s, start) in enumerate(pairs):
         ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
         mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
+        labels[i, start : len(s)] = ids[i, start : len(s)]
     return ids, mask, labels
 
 
@@ -94,6 +112,7 @@ class StopCheck:
     reference_texts: Sequence[str]
     qa_margin: float
     mia_margin: float
+    overshoot: float = 0.15
     reference_qa_acc: float = float("nan")
 
     def measure(self, model, tokenizer) -> dict[str, float]:
@@ -116,8 +135,42 @@ class StopCheck:
     def satisfied(self, measured: dict[str, float]) -> bool:
         return (
             measured["forget_qa_acc"] <= self.reference_qa_acc + self.qa_margin
-            and measured["mia_auc"] <= 0.5 + self.mia_margin
+            and abs(measured["mia_auc"] - 0.5) <= self.mia_margin
         )
+
+    def overshot(self, measured: dict[str, float]) -> bool:
+        """MIA AUC far below 0.5: the model now treats the forget set as *less* familiar than unseen
+        data, which itself gives the erased data away. Further steps only make it worse."""
+        return measured["mia_auc"] < 0.5 - self.overshoot
+
+
+class BestSnapshot:
+    """Keeps the trainable weights of the evaluation point closest to the reference behaviour (QA no
+    better than on unseen data, MIA AUC nearest 0.5), so an overshooting run can step back to it."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self.score = float("inf")
+        self.step = 0
+
+    def offer(self, model, measured: dict[str, float], stop: StopCheck, step: int) -> None:
+        if measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin:
+            return
+        score = abs(measured["mia_auc"] - 0.5)
+        if score < self.score:
+            self.score, self.step = score, step
+            self.state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+    def restore(self, model) -> bool:
+        if self.state is None:
+            return False
+        import torch
+
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.state:
+                    param.copy_(self.state[name])
+        return True
 
 
 def lora_config(model, spec) -> Any:

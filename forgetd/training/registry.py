@@ -50,6 +50,8 @@ class TrainSpec(BaseModel):
     stop: Literal["fixed", "reference"] = "reference"
     stop_qa_margin: float = Field(default=0.0, ge=0, le=1)
     stop_mia_margin: float = Field(default=0.05, ge=0, le=0.5)
+    stop_overshoot: float = Field(default=0.15, ge=0, le=0.5)
+    gate: bool = False
     max_grad_norm: float = Field(default=1.0, gt=0)
     loss_explode: float = Field(default=1e4, gt=0)
     seed: int = 0

@@ -167,3 +167,16 @@ def test_rollback_that_would_resurrect_data_is_refused(pipe):
     with ctx.session() as s:
         v1_id = s.execute(select(Checkpoint.id).where(Checkpoint.version == 1)).scalar_one()
     assert api.lineage_request(ctx, second)["adapters"][0]["trained_against_id"] == v1_id
+
+
+def test_a_diverging_run_fails_and_stores_nothing(pipe):
+    ctx, people = pipe
+    recipe_file = ctx.settings.adapters_dir / "npo-lora.yaml"
+    recipe_file.write_text(recipe_file.read_text().replace("seed: 0}", "seed: 0, loss_explode: 1.0e-9}"))
+    public_id = _submit(ctx, people[0])
+    report = api.tick(ctx)
+    assert report["failed"] == [{"request": public_id, "stage": "train"}]
+    shown = api.request_show(ctx, public_id)
+    assert shown["status"] == "failed" and shown["failed_step"] == "train" and "diverged" in shown["status_reason"]
+    assert not (ctx.settings.home / "store" / "adapter").exists()
+    assert api.lineage_request(ctx, public_id)["adapters"] == []

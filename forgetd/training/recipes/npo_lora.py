@@ -4,6 +4,12 @@ loss = −(2/β)·mean log σ(β·(NLL_θ(f) − NLL_ref(f)))  +  α·R
 where f are forget sequences, ref is the same model with the adapter switched off (no second copy),
 and R is either CE on retain text or KL(p_ref ‖ p_θ) on it (`train.retain_loss`).
 Stops when the forget set looks like the reference set (`train.stop: reference`) or after max_steps.
+
+Gating (`train.gate`): the forget texts and the forget QA answers are two objectives that converge at
+different speeds — text likelihood (what Min-K% MIA sees) falls long before the answers go, and pushing
+on after the MIA AUC reached 0.5 over-forgets. So at every evaluation each group stays in the loss only
+while its own criterion is unmet: QA answers while forget QA accuracy exceeds the reference's, texts
+while the MIA AUC is above 0.5 + margin.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from forgetd.training.common import (
+    BestSnapshot,
     Progress,
     StopCheck,
     check_loss,
     encode,
+    encode_forget,
     lora_config,
     pad,
     retain_kl,
@@ -34,7 +42,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     rng = seed_everything(spec.seed)
     started = time.perf_counter()
     model = get_peft_model(model, lora_config(model, recipe.adapter))
-    forget = encode(tokenizer, data.forget_documents())
+    forget = encode_forget(tokenizer, data)
     retain = encode(tokenizer, data.retain_documents())
     pad_id = tokenizer.pad_token_id
 
@@ -50,14 +58,19 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         reference_texts=calibration.reference_texts,
         qa_margin=spec.stop_qa_margin,
         mia_margin=spec.stop_mia_margin,
+        overshoot=spec.stop_overshoot,
     )
+    groups = {"text": [i for i, (_, start) in enumerate(forget) if start == 1],
+              "qa": [i for i, (_, start) in enumerate(forget) if start != 1]}
+    active = sorted(groups["text"] + groups["qa"])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     history: list[dict[str, float]] = []
+    best = BestSnapshot()
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
-        index = rng.sample(range(len(forget)), min(spec.batch_size, len(forget)))
+        index = rng.sample(active, min(spec.batch_size, len(active)))
         ids, mask, labels = pad([forget[i] for i in index], pad_id)
         nll = sequence_nll(model, ids, mask, labels)
         ref = torch.tensor([ref_nll[i] for i in index])
@@ -81,9 +94,20 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in measured.items()}})
             if progress:
                 progress({"step": step, "max_steps": spec.max_steps, "loss": value, **measured})
-            if spec.stop == "reference" and stop.satisfied(measured):
-                stop_reason = "reference"
-                break
+            if spec.gate:
+                keep_qa = measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin
+                keep_text = measured["mia_auc"] > 0.5 + stop.mia_margin
+                active = sorted((groups["qa"] if keep_qa else []) + (groups["text"] if keep_text else [])) or active
+            if spec.stop == "reference":
+                best.offer(model, measured, stop, step)
+                if stop.satisfied(measured):
+                    stop_reason = "reference"
+                    break
+                if stop.overshot(measured):
+                    stop_reason = "overshot"
+                    break
+    if spec.stop == "reference" and stop_reason != "reference" and best.restore(model):
+        stop_reason += f"; restored step {best.step}"
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return {
         "steps": step,

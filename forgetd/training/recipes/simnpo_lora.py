@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from forgetd.training.common import (
+    BestSnapshot,
     Progress,
     StopCheck,
     check_loss,
     encode,
+    encode_forget,
     lora_config,
     pad,
     retain_kl,
@@ -32,7 +34,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     started = time.perf_counter()
     model = get_peft_model(model, lora_config(model, recipe.adapter))
     model.train()
-    forget = encode(tokenizer, data.forget_documents())
+    forget = encode_forget(tokenizer, data)
     retain = encode(tokenizer, data.retain_documents())
     pad_id = tokenizer.pad_token_id
     calibration = data.calibration_half()
@@ -43,10 +45,12 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         reference_texts=calibration.reference_texts,
         qa_margin=spec.stop_qa_margin,
         mia_margin=spec.stop_mia_margin,
+        overshoot=spec.stop_overshoot,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     history: list[dict[str, float]] = []
+    best = BestSnapshot()
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
@@ -71,9 +75,16 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in measured.items()}})
             if progress:
                 progress({"step": step, "max_steps": spec.max_steps, "loss": value, **measured})
-            if spec.stop == "reference" and stop.satisfied(measured):
-                stop_reason = "reference"
-                break
+            if spec.stop == "reference":
+                best.offer(model, measured, stop, step)
+                if stop.satisfied(measured):
+                    stop_reason = "reference"
+                    break
+                if stop.overshot(measured):
+                    stop_reason = "overshot"
+                    break
+    if spec.stop == "reference" and stop_reason != "reference" and best.restore(model):
+        stop_reason += f"; restored step {best.step}"
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return {
         "steps": step,

@@ -1,0 +1,246 @@
+"""Forgetting one person from the demo's tiny LM: every recipe against retraining, in one run.
+
+    .venv/bin/python bench/llm_forgetting.py [--seeds 5] [--sequential 20] [--threads 2]
+
+Rows: original, retrained without the forget set (gold standard; trained in this run, so its seconds are
+the baseline), ga-full, graddiff-lora, npo-lora, simnpo-lora. Each recipe forgets person i with seed i,
+for i < --seeds, on the original model; metrics are measured on the verification half of the reference
+(holdout) set, which no stopping rule saw:
+  forget QA accuracy, VerbMem (ROUGE-L of greedy continuations), Min-K% MIA AUC forget-vs-holdout,
+  retain QA accuracy, holdout-text perplexity, seconds, seconds as % of retraining.
+Sequential: --sequential people forgotten one request at a time through the real pipeline (submit,
+approve, tick: train against the served checkpoint, compose, verify, promote); after each request, every
+earlier person's forget QA and the retain QA accuracy of the served checkpoint.
+Writes bench/results/llm_forgetting.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ["ga-full", "graddiff-lora", "npo-lora", "simnpo-lora"]
+
+
+def _metrics(model, tokenizer, data) -> dict[str, float]:
+    from forgetd.verify.causal_lm import evaluate
+
+    m = evaluate(model, tokenizer, data, include_verbmem=True)
+    return {k: m[k] for k in ("forget_qa_acc", "verbmem", "mia_auc", "retain_qa_acc", "reference_ppl")}
+
+
+def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: float, corpus, dataset) -> dict:
+    import torch
+
+    from forgetd.families import causal_lm
+    from forgetd.training.registry import get_recipe
+
+    people = [p.id for p in corpus.forget_candidates][: args.seeds]
+    tokenizer = causal_lm.load_tokenizer(original_dir)
+    rows: dict[str, list[dict]] = {"original": [], "retrained": []}
+    for seed, person in enumerate(people):
+        data = causal_lm.forget_data(dataset, [{"corpus_ids": [person]}])
+        judge = data.verification_half()
+        rows["original"].append({"person": person, **_metrics(causal_lm.load_model(original_dir), tokenizer, judge)})
+        rows["retrained"].append({"person": person, **_metrics(causal_lm.load_model(retrained_dir), tokenizer, judge),
+                                  "seconds": retrain_seconds})
+        for name in args.recipes:
+            recipe = get_recipe(ROOT / "adapters", name, seed=seed)
+            model = causal_lm.load_model(original_dir)
+            with tempfile.TemporaryDirectory() as tmp:
+                started = time.perf_counter()
+                result = recipe.module().train(recipe, model=model, tokenizer=tokenizer, data=data, out_dir=Path(tmp) / "out")
+                seconds = time.perf_counter() - started
+                if recipe.composable:
+                    from peft import PeftModel
+
+                    trained = PeftModel.from_pretrained(causal_lm.load_model(original_dir), str(Path(tmp) / "out"))
+                else:
+                    trained = causal_lm.load_model(Path(tmp) / "out")
+                trained.eval()
+                with torch.no_grad():
+                    measured = _metrics(trained, tokenizer, judge)
+            rows.setdefault(name, []).append({"person": person, **measured, "seconds": seconds,
+                                              "steps": result["steps"], "stop_reason": result["stop_reason"]})
+            print(f"[{name} seed {seed} {person}] {measured} {seconds:.1f}s steps {result['steps']}", flush=True)
+    return rows
+
+
+def _summary(rows: dict[str, list[dict]], retrain_seconds: float) -> list[dict]:
+    table = []
+    for name, runs in rows.items():
+        row = {"method": name, "runs": len(runs)}
+        for key in ("forget_qa_acc", "verbmem", "mia_auc", "retain_qa_acc", "reference_ppl", "seconds"):
+            values = [r[key] for r in runs if key in r]
+            if values:
+                row[key] = statistics.fmean(values)
+                row[key + "_sd"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        if "seconds" in row:
+            row["pct_of_retraining"] = 100 * row["seconds"] / retrain_seconds
+        table.append(row)
+    return table
+
+
+def _targets(rows: dict[str, list[dict]], table: list[dict]) -> dict:
+    by = {r["method"]: r for r in table}
+    npo, gold, orig = by.get("npo-lora"), by["retrained"], by["original"]
+    if npo is None:
+        return {}
+    per_seed_mia = [abs(a["mia_auc"] - b["mia_auc"]) for a, b in zip(rows["npo-lora"], rows["retrained"])]
+    return {
+        "forget_qa_over_retrained_points": 100 * (npo["forget_qa_acc"] - gold["forget_qa_acc"]),
+        "forget_qa_target_points": 5.0,
+        "mia_auc_abs_diff_vs_retrained": abs(npo["mia_auc"] - gold["mia_auc"]),
+        "mia_auc_abs_diff_per_seed": per_seed_mia,
+        "mia_target": 0.05,
+        "retain_ratio_vs_original": npo["retain_qa_acc"] / orig["retain_qa_acc"],
+        "retain_target": 0.95,
+        "pct_of_retraining": npo["pct_of_retraining"],
+        "time_target_pct": 5.0,
+    }
+
+
+def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: Path) -> dict:
+    from forgetd import api
+    from forgetd.config import load_settings
+    from forgetd.demo.llm import _measure
+
+    n = args.sequential
+    people = [p.id for p in corpus.forget_candidates][:n]
+    settings = load_settings({"FORGETD_HOME": str(workdir / "home"), "FORGETD_OPERATOR": "bench"})
+    ctx = api.open_context(settings, check_schema=False)
+    api.init(ctx)
+    ctx = api.open_context(settings)
+    bob = api.open_context(replace(settings, operator="bench-approver"))
+    api.model_register(ctx, "demo-lm", "causal_lm", str(original_dir), dataset=str(dataset_path))
+    start = _measure(ctx, "demo-lm", 0, people)
+    steps = []
+    started = time.perf_counter()
+    for i, person in enumerate(people):
+        record = api.request_submit(ctx, {"model": "demo-lm", "policy": "gdpr-erasure",
+                                          "subject": f"{person}@people.example", "forget": {"corpus_ids": [person]}})
+        api.request_verify_identity(ctx, record["id"])
+        api.request_approve(bob, record["id"])
+        api.tick(ctx)
+        shown = api.request_show(ctx, record["id"])
+        served = [c for c in api.checkpoint_list(ctx, "demo-lm") if "prod" in c["aliases"]][0]
+        measured = _measure(ctx, "demo-lm", served["version"], people[: i + 1])
+        forgotten = [measured["people"][p]["forget_qa_acc"] for p in people[: i + 1]]
+        steps.append({
+            "request": i + 1, "person": person, "status": shown["status"], "reason": shown["status_reason"],
+            "served_version": served["version"], "retain_qa_acc": measured["retain_qa_acc"],
+            "retain_ratio": measured["retain_qa_acc"] / start["retain_qa_acc"],
+            "max_earlier_forget_qa": max(forgotten), "mean_earlier_forget_qa": statistics.fmean(forgotten),
+            "elapsed_seconds": time.perf_counter() - started,
+        })
+        print(f"[sequential {i + 1}/{n}] {steps[-1]}", flush=True)
+    return {"people": people, "start_retain_qa_acc": start["retain_qa_acc"], "steps": steps}
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        "# Forgetting one person from the demo LM",
+        "",
+        f"Measured {result['measured_at']} on {result['machine']} ({result['threads']} threads); "
+        f"retraining took {result['retrain_seconds']:.1f} s. Means over {result['seeds']} people (seed i forgets "
+        "person i); metrics on the verification half of the holdout set.",
+        "",
+        "| method | forget QA | VerbMem | MIA AUC | retain QA | holdout ppl | seconds | % of retraining |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["table"]:
+        pct = f"{r['pct_of_retraining']:.2f}" if "pct_of_retraining" in r else "-"
+        secs = f"{r['seconds']:.1f}" if "seconds" in r else "-"
+        lines.append(
+            f"| {r['method']} | {r['forget_qa_acc']:.3f} | {r['verbmem']:.3f} | {r['mia_auc']:.3f} ± {r['mia_auc_sd']:.3f} "
+            f"| {r['retain_qa_acc']:.3f} | {r['reference_ppl']:.2f} | {secs} | {pct} |"
+        )
+    t = result.get("targets")
+    if t:
+        lines += [
+            "",
+            "## npo-lora against the targets",
+            "",
+            f"- forget QA − retrained: {t['forget_qa_over_retrained_points']:+.1f} points (target ≤ +5)",
+            f"- |MIA AUC − retrained's|: {t['mia_auc_abs_diff_vs_retrained']:.3f} (target ≤ 0.05); per seed "
+            + ", ".join(f"{v:.3f}" for v in t["mia_auc_abs_diff_per_seed"]),
+            f"- retain QA / original: {t['retain_ratio_vs_original']:.3f} (target ≥ 0.95)",
+            f"- time: {t['pct_of_retraining']:.2f}% of retraining (target ≤ 5%)",
+        ]
+    seq = result.get("sequential")
+    if seq:
+        lines += ["", f"## Sequential: {len(seq['steps'])} people, one request at a time through composition", "",
+                  "| request | status | served | retain QA / original | max forget QA of people so far |",
+                  "|---|---|---|---|---|"]
+        for s in seq["steps"]:
+            lines.append(f"| {s['request']} | {s['status']} | v{s['served_version']} | {s['retain_ratio']:.3f} "
+                         f"| {s['max_earlier_forget_qa']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--sequential", type=int, default=20)
+    ap.add_argument("--recipes", nargs="*", default=RECIPES)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=None, help="model cache (default: FORGETD_CACHE_DIR or ~/.cache/forgetd)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+
+    import platform
+
+    import torch
+
+    from forgetd.config import load_settings
+    from forgetd.datasets import load_dataset_file
+    from forgetd.demo.llm_dataset import write_corpus_dataset
+    from forgetd.demo.tiny_lm import TinyLMConfig, ensure_tiny_lm, load_demo_corpus, train_tiny_lm
+
+    torch.set_num_threads(args.threads)
+    cache = args.cache or load_settings().cache_dir
+    cfg = TinyLMConfig()
+    original = ensure_tiny_lm(cache, cfg, threads=args.threads)
+    corpus = load_demo_corpus(original)
+    forget_set = tuple(p.id for p in corpus.forget_candidates)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        retrained = work / "retrained"
+        started = time.perf_counter()
+        train_tiny_lm(replace(cfg, exclude_ids=forget_set), retrained, threads=args.threads)
+        retrain_seconds = time.perf_counter() - started
+        print(f"retrained without {len(forget_set)} people in {retrain_seconds:.1f}s", flush=True)
+        dataset_path = write_corpus_dataset(corpus, work / "dataset.json")
+        dataset = load_dataset_file(dataset_path)
+        rows = _single(args, original, retrained, retrain_seconds, corpus, dataset)
+        table = _summary(rows, retrain_seconds)
+        result = {
+            "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "threads": args.threads,
+            "seeds": args.seeds,
+            "retrain_seconds": retrain_seconds,
+            "retrain_note": f"one model retrained without all {len(forget_set)} forget candidates",
+            "table": table,
+            "targets": _targets(rows, table),
+            "runs": rows,
+        }
+        if args.sequential:
+            result["sequential"] = _sequential(args, original, dataset_path, corpus, work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "llm_forgetting.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (args.out / "llm_forgetting.md").write_text(_markdown(result))
+    print(_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
