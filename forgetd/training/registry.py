@@ -46,12 +46,16 @@ class TrainSpec(BaseModel):
     delta: float = Field(default=0.0)
     retain_weight: float = Field(default=1.0, ge=0)
     retain_loss: Literal["ce", "kl"] = "ce"
+    retain_batch_size: int | None = Field(default=None, ge=1, le=4096)  # default: batch_size
     eval_every: int = Field(default=5, ge=1)
     stop: Literal["fixed", "reference"] = "reference"
     stop_qa_margin: float = Field(default=0.0, ge=0, le=1)
     stop_mia_margin: float = Field(default=0.05, ge=0, le=0.5)
     stop_overshoot: float = Field(default=0.15, ge=0, le=0.5)
     gate: bool = False
+    # Half of each retain batch from retain QA pairs that share an answer with the forget set: the
+    # knowledge most at risk of going with it.
+    retain_neighbours: bool = False
     max_grad_norm: float = Field(default=1.0, gt=0)
     loss_explode: float = Field(default=1e4, gt=0)
     seed: int = 0

@@ -53,6 +53,14 @@ def tiny_lm(tmp_path_factory):
     return model_dir, dataset, [p.id for p in corpus.forget_candidates]
 
 
+def _edit_recipe(path: Path, **train) -> None:
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text())
+    recipe["train"].update(train)
+    path.write_text(yaml.safe_dump(recipe))
+
+
 @pytest.fixture
 def db_url(sqlite_url):
     return sqlite_url
@@ -67,8 +75,7 @@ def pipe(settings, tmp_path, tiny_lm):
     (policies / "strict.yaml").write_text(POLICY.format(name="strict", qa=1.0, retain=1.5, mia=0.5))
     adapters = tmp_path / "adapters"
     shutil.copytree(REPO / "adapters", adapters)
-    recipe = (adapters / "npo-lora.yaml").read_text().replace("max_steps: 200", "max_steps: 6")
-    (adapters / "npo-lora.yaml").write_text(recipe)
+    _edit_recipe(adapters / "npo-lora.yaml", max_steps=6)
     ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters))
     model_dir, dataset, people = tiny_lm
     api.model_register(ctx, "lm", "causal_lm", str(model_dir), dataset=str(dataset))
@@ -171,8 +178,7 @@ def test_rollback_that_would_resurrect_data_is_refused(pipe):
 
 def test_a_diverging_run_fails_and_stores_nothing(pipe):
     ctx, people = pipe
-    recipe_file = ctx.settings.adapters_dir / "npo-lora.yaml"
-    recipe_file.write_text(recipe_file.read_text().replace("seed: 0}", "seed: 0, loss_explode: 1.0e-9}"))
+    _edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", loss_explode=1.0e-9)
     public_id = _submit(ctx, people[0])
     report = api.tick(ctx)
     assert report["failed"] == [{"request": public_id, "stage": "train"}]

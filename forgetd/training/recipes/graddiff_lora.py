@@ -57,7 +57,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id)
         loss = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
         if retain and spec.retain_weight > 0:
-            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.batch_size), pad_id)
+            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.retain_batch_size or spec.batch_size), pad_id)
             if spec.retain_loss == "kl":
                 with torch.no_grad(), model.disable_adapter():
                     ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits

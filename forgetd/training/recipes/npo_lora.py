@@ -9,7 +9,9 @@ Gating (`train.gate`): the forget texts and the forget QA answers are two object
 different speeds — text likelihood (what Min-K% MIA sees) falls long before the answers go, and pushing
 on after the MIA AUC reached 0.5 over-forgets. So at every evaluation each group stays in the loss only
 while its own criterion is unmet: QA answers while forget QA accuracy exceeds the reference's, texts
-while the MIA AUC is above 0.5 + margin.
+while the MIA AUC is above 0.5 + margin. Forgetting the answers still lowers the texts' likelihood, so
+when the AUC falls below 0.5 − margin the texts switch to plain likelihood (a small descent step that
+pulls them back toward how unseen text looks) until the AUC is back in the band.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forgetd.families.causal_lm import format_qa
 from forgetd.training.common import (
     BestSnapshot,
     Progress,
@@ -44,6 +47,8 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     model = get_peft_model(model, lora_config(model, recipe.adapter))
     forget = encode_forget(tokenizer, data)
     retain = encode(tokenizer, data.retain_documents())
+    forget_answers = {answer for _, answer in data.forget_qa}
+    neighbours = encode(tokenizer, [format_qa(q, a) for q, a in data.retain_qa if a in forget_answers])
     pad_id = tokenizer.pad_token_id
 
     with torch.no_grad(), model.disable_adapter():
@@ -63,6 +68,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     groups = {"text": [i for i, (_, start) in enumerate(forget) if start == 1],
               "qa": [i for i, (_, start) in enumerate(forget) if start != 1]}
     active = sorted(groups["text"] + groups["qa"])
+    pull_back = False
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     history: list[dict[str, float]] = []
@@ -76,8 +82,16 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         ref = torch.tensor([ref_nll[i] for i in index])
         loss_forget = -(2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
         loss = loss_forget
+        if pull_back and groups["text"]:
+            t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, groups["text"], spec.batch_size)], pad_id)
+            loss = loss + model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
         if retain and spec.retain_weight > 0:
-            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.batch_size), pad_id)
+            size = spec.retain_batch_size or spec.batch_size
+            if spec.retain_neighbours and neighbours:
+                batch = sample(rng, neighbours, size // 2) + sample(rng, retain, size - min(size // 2, len(neighbours)))
+            else:
+                batch = sample(rng, retain, size)
+            r_ids, r_mask, r_labels = pad(batch, pad_id)
             if spec.retain_loss == "kl":
                 with torch.no_grad(), model.disable_adapter():
                     ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
@@ -97,6 +111,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             if spec.gate:
                 keep_qa = measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin
                 keep_text = measured["mia_auc"] > 0.5 + stop.mia_margin
+                pull_back = measured["mia_auc"] < 0.5 - stop.mia_margin
                 active = sorted((groups["qa"] if keep_qa else []) + (groups["text"] if keep_text else [])) or active
             if spec.stop == "reference":
                 best.offer(model, measured, stop, step)

@@ -58,7 +58,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         mean_nll = sequence_nll(model, ids, mask, labels, mean=True)
         loss = -(2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (mean_nll - spec.delta)).mean()
         if retain and spec.retain_weight > 0:
-            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.batch_size), pad_id)
+            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.retain_batch_size or spec.batch_size), pad_id)
             if spec.retain_loss == "kl":
                 with torch.no_grad(), model.disable_adapter():
                     ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
