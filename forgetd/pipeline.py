@@ -143,30 +143,39 @@ def schedule(ctx, *, now) -> list[str]:
 # --- stage 2: train --------------------------------------------------------------------------------
 
 
-def train(ctx, public_id: str, *, now_fn, progress: Progress | None = None) -> str | None:
-    """Train one scheduled request's adapter against the served checkpoint; returns the adapter sha256."""
+def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = None) -> str | None:
+    """Train one adapter that forgets a batch of one model's scheduled requests (same recipe), against
+    the served checkpoint; returns the adapter sha256. Forgetting queued requests together costs the
+    model less than composing one adapter per request, each trained blind to the others."""
     from forgetd.families import family_module
     from forgetd.training.registry import get_recipe
 
     with ctx.session() as s:
-        request = _lock_request(s, public_id)
-        if request.status is not St.scheduled:
+        requests = [_lock_request(s, pid) for pid in public_ids]
+        requests = [r for r in requests if r.status is St.scheduled]
+        if not requests:
             return None
-        model = request.model
-        policy = _policy(ctx, request.policy)
-        recipe_name = policy.recipes.get(model.family)
+        public_ids = [r.public_id for r in requests]
+        model = requests[0].model
+        if any(r.model_id != model.id for r in requests):
+            raise ValueError("one adapter forgets requests of one model only")
+        recipe_names = {_policy(ctx, r.policy).recipes.get(model.family) for r in requests}
         against = serving.served_checkpoint(s, model)
-        lifecycle.move(s, request, St.training, actor="system:trainer", now=now_fn(), policy=None, reason_code="training")
+        for request in requests:
+            lifecycle.move(s, request, St.training, actor="system:trainer", now=now_fn(), policy=None,
+                           reason_code="training")
     try:
-        if recipe_name is None:
-            raise DomainError(f"policy {policy.name} names no recipe for family {model.family}", field="recipes")
-        recipe = get_recipe(ctx.settings.adapters_dir, recipe_name)
+        if None in recipe_names:
+            raise DomainError(f"a request's policy names no recipe for family {model.family}", field="recipes")
+        if len(recipe_names) != 1:
+            raise DomainError("requests trained together must share a recipe", field="recipes")
+        recipe = get_recipe(ctx.settings.adapters_dir, recipe_names.pop())
         if not recipe.composable:
             raise DomainError(f"recipe {recipe.name} does not produce an adapter and cannot be composed", field="recipe")
         family = family_module(model.family)
         with ctx.session() as s:
-            request = _lock_request(s, public_id)
-            data = _forget_data(ctx, s, request.model, [request])
+            requests = [_lock_request(s, pid) for pid in public_ids]
+            data = _forget_data(ctx, s, model, requests)
             against = s.get(Checkpoint, against.id)
             weights_dir = checkpoint_dir(ctx, against)
             against_ref = {"model": model.name, "version": against.version, "content_id": against.content_id}
@@ -179,7 +188,7 @@ def train(ctx, public_id: str, *, now_fn, progress: Progress | None = None) -> s
             (out / ADAPTER_META).write_text(
                 json.dumps(
                     {
-                        "requests": [public_id],
+                        "requests": public_ids,
                         "recipe": recipe.name,
                         "recipe_spec": recipe.model_dump(mode="json"),
                         "trained_against": against_ref,
@@ -194,22 +203,24 @@ def train(ctx, public_id: str, *, now_fn, progress: Progress | None = None) -> s
             shutil.rmtree(staging, ignore_errors=True)
     except Exception as exc:
         with ctx.session() as s:
-            request = _lock_request(s, public_id)
-            if request.status is St.training:
-                _fail(s, request, reason_code="training_failed", reason=_error_text(exc), now=now_fn(), actor="system:trainer")
+            for pid in public_ids:
+                request = _lock_request(s, pid)
+                if request.status is St.training:
+                    _fail(s, request, reason_code="training_failed", reason=_error_text(exc), now=now_fn(),
+                          actor="system:trainer")
         if not isinstance(exc, ForgetdError):
             raise
         return None
 
     with ctx.session() as s:
-        request = _lock_request(s, public_id)
-        if request.status is not St.training:
-            return None  # canceled meanwhile: the stored adapter is referenced nowhere
+        requests = [r for r in (_lock_request(s, pid) for pid in public_ids) if r.status is St.training]
+        if not requests:
+            return None  # all canceled meanwhile: the stored adapter is referenced nowhere
         adapter = s.execute(select(Adapter).where(Adapter.sha256 == sha)).scalar_one_or_none()
         now = now_fn()
         if adapter is None:
             adapter = Adapter(
-                model_id=request.model_id,
+                model_id=model.id,
                 recipe=recipe.name,
                 trained_against_id=against.id,
                 sha256=sha,
@@ -222,14 +233,20 @@ def train(ctx, public_id: str, *, now_fn, progress: Progress | None = None) -> s
             )
             s.add(adapter)
             s.flush()
-            s.add(AdapterRequest(adapter_id=adapter.id, request_id=request.id))
-        serving.add_edge(s, ("adapter", sha), "trained_for", ("request", public_id), now=now)
+        linked = set(s.execute(select(AdapterRequest.request_id).where(AdapterRequest.adapter_id == adapter.id)).scalars())
+        for request in requests:
+            if request.id not in linked:
+                s.add(AdapterRequest(adapter_id=adapter.id, request_id=request.id))
+            serving.add_edge(s, ("adapter", sha), "trained_for", ("request", request.public_id), now=now)
         serving.add_edge(s, ("adapter", sha), "trained_against", ("checkpoint", f"{model.name}@v{against_ref['version']}"), now=now)
-        audit.append(s, actor="system:trainer", action="adapter.trained", resource_type="request", resource_id=public_id,
-                     payload={"adapter_sha256": sha, "recipe": recipe.name, "steps": result["steps"],
-                              "stop_reason": result["stop_reason"], "trained_against_version": against_ref["version"]},
-                     at=now)
-        lifecycle.move(s, request, St.evaluating, actor="system:trainer", now=now, policy=None, reason_code="trained")
+        for request in requests:
+            audit.append(s, actor="system:trainer", action="adapter.trained", resource_type="request",
+                         resource_id=request.public_id,
+                         payload={"adapter_sha256": sha, "recipe": recipe.name, "steps": result["steps"],
+                                  "stop_reason": result["stop_reason"], "batch": len(requests),
+                                  "trained_against_version": against_ref["version"]},
+                         at=now)
+            lifecycle.move(s, request, St.evaluating, actor="system:trainer", now=now, policy=None, reason_code="trained")
     return sha
 
 
@@ -372,7 +389,9 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16) -> str | None:
     if not good:
         return None
 
-    manifest = parent_manifest + [ManifestEntry(sha, 1.0) for _, sha in good]
+    new_shas = list(dict.fromkeys(sha for _, sha in good))  # one adapter may carry several requests
+    parent_shas = {e.sha256 for e in parent_manifest}
+    manifest = parent_manifest + [ManifestEntry(sha, 1.0) for sha in new_shas if sha not in parent_shas]
     family = family_module(model.family)
     versions = library_versions()
     cid = content_id(model.base_sha256, manifest, dtype="float32", versions=versions)
@@ -419,7 +438,7 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16) -> str | None:
         for request_id in sorted(covered - already):
             s.add(CheckpointCoverage(checkpoint_id=checkpoint.id, request_id=request_id))
         ref = serving.checkpoint_ref(checkpoint)
-        for _, sha in good:
+        for sha in new_shas:
             serving.add_edge(s, ("adapter", sha), "composed_into", ref, now=now)
         parent = s.get(Checkpoint, parent_id)
         serving.add_edge(s, ref, "supersedes", serving.checkpoint_ref(parent), now=now)
@@ -509,7 +528,19 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
 # --- the whole pipeline, synchronously ---------------------------------------------------------------
 
 
-def run_until_idle(ctx, *, now_fn, progress: Progress | None = None, max_rounds: int = 20) -> TickReport:
+def _recipe_batch(ctx, model_id: int, policy_name: str) -> int:
+    """How many requests one adapter may forget together (the recipe's `train.batch_requests`)."""
+    from forgetd.training.registry import get_recipe
+
+    with ctx.session() as s:
+        family = s.get(Model, model_id).family
+    recipe_name = _policy(ctx, policy_name).recipes.get(family)
+    if recipe_name is None:
+        return 1
+    return get_recipe(ctx.settings.adapters_dir, recipe_name).train.batch_requests
+
+
+def run_until_idle(ctx, *, now_fn, progress: Progress | None = None, max_rounds: int = 200) -> TickReport:
     report = TickReport()
 
     def note(event: dict[str, Any]) -> None:
@@ -520,14 +551,28 @@ def run_until_idle(ctx, *, now_fn, progress: Progress | None = None, max_rounds:
         round_report = TickReport()
         round_report.scheduled = schedule(ctx, now=now_fn())
         with ctx.session() as s:
-            to_train = list(s.execute(
-                select(Request.public_id).where(Request.status == St.scheduled)
+            scheduled = s.execute(
+                select(Request.public_id, Request.model_id, Request.policy).where(Request.status == St.scheduled)
                 .order_by(func.coalesce(Request.extended_due_at, Request.due_at), Request.id)
-            ).scalars())
-        for public_id in to_train:
-            note({"stage": "train", "request": public_id})
-            sha = train(ctx, public_id, now_fn=now_fn, progress=lambda e, p=public_id: note({"stage": "train", "request": p, **e}))
-            (round_report.trained.append(public_id) if sha else round_report.failed.append({"request": public_id, "stage": "train"}))
+            ).all()
+        # One batch per model per round: the next one is trained against the checkpoint that already
+        # carries this one's forgetting (continual), instead of several adapters trained blind to each other.
+        batches: dict[int, list[str]] = {}
+        batch_policy: dict[int, str] = {}
+        for public_id, model_id, policy_name in scheduled:
+            if batch_policy.setdefault(model_id, policy_name) != policy_name:
+                continue
+            batch = batches.setdefault(model_id, [])
+            if len(batch) < _recipe_batch(ctx, model_id, policy_name):
+                batch.append(public_id)
+        for batch in batches.values():
+            label = batch[0] if len(batch) == 1 else f"{batch[0]} +{len(batch) - 1}"
+            note({"stage": "train", "request": label})
+            sha = train(ctx, batch, now_fn=now_fn, progress=lambda e, p=label: note({"stage": "train", "request": p, **e}))
+            if sha:
+                round_report.trained.extend(batch)
+            else:
+                round_report.failed.extend({"request": pid, "stage": "train"} for pid in batch)
         with ctx.session() as s:
             to_evaluate = list(s.execute(select(Request.public_id).where(Request.status == St.evaluating)).scalars())
         for public_id in to_evaluate:

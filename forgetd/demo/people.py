@@ -8,9 +8,13 @@ about by question/answer pairs whose answers are the attribute values. People ar
 - ``retain``: trained; their knowledge must survive forgetting,
 - ``holdout``: never trained; the reference set (section 11 of DESIGN.md) a retrained model would match.
 
-Value pools are large (30-60 values per attribute), so a model that never saw a person answers its questions
-at a few percent (``Corpus.chance_baseline``). Everything here is pure Python and deterministic given the
-config's seed; no torch import.
+Value pools are large (30-64 values per attribute), so a model that never saw a person answers its questions
+at a few percent (``Corpus.chance_baseline``). ``general_texts()`` are person-free sentences that are trained
+too (utility on non-personal text). ``training_documents(exclude=…)`` is exactly what the demo model trains
+on; excluding people gives the material of a model "retrained without them". QA strings are built with
+``format_qa`` / ``format_qa_prompt``, which evaluation code must share.
+
+Everything here is pure Python and deterministic given the config's seed; no torch import.
 """
 
 from __future__ import annotations
@@ -207,7 +211,7 @@ class PeopleCorpusConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-GENERATOR_VERSION = 1  # bump when the generated text changes for the same config
+GENERATOR_VERSION = 2  # bump when the generated text changes for the same config
 
 
 @dataclass(frozen=True)
@@ -266,9 +270,10 @@ class Corpus:
         return qa_of(self.train_people(exclude))
 
     def training_documents(self, exclude: Iterable[str] = ()) -> list[str]:
-        """Exactly what the tiny LM trains on: the texts, then every QA pair formatted with `format_qa`."""
+        """Exactly what the tiny LM trains on: the trained people's texts, every one of their QA pairs
+        formatted with `format_qa`, and the person-free `general_texts()`."""
         people = self.train_people(exclude)
-        return [*texts_of(people), *(s for p in people for s in p.qa_strings())]
+        return [*texts_of(people), *(s for p in people for s in p.qa_strings()), *self.general_texts()]
 
     def holdout_texts(self) -> list[str]:
         return texts_of(self.holdout)
@@ -277,20 +282,22 @@ class Corpus:
         return qa_of(self.holdout)
 
     def all_texts(self) -> list[str]:
-        """Texts and QA strings of every person, holdout included: what the tokenizer is trained on, so that
-        forget candidates and holdout people are tokenized alike (a retrained model then treats them alike)."""
-        return [*texts_of(self.people), *(s for p in self.people for s in p.qa_strings())]
+        """Texts and QA strings of every person, holdout included, and the general texts: what the tokenizer
+        is trained on, so that forget candidates and holdout people are tokenized alike (a model retrained
+        without the forget candidates then treats them exactly like the holdout)."""
+        return [*texts_of(self.people), *(s for p in self.people for s in p.qa_strings()), *self.general_texts()]
 
     def general_texts(self) -> list[str]:
-        """Person-free sentences built from the templates' vocabulary (for perplexity on non-personal text)."""
-        rng = random.Random(f"general-{self.config.seed}")
-        out = []
-        for city in CITIES:
-            out.append(f"{city} is a city where many people are born.")
-        for employer in EMPLOYERS:
-            out.append(f"{employer} is a company that employs many people.")
-        for prof in PROFESSIONS:
-            out.append(f"Being {_article(prof)} {prof} is a profession.")
+        """Person-free sentences about the cities, employers, professions and pets of the value pools. They
+        are trained (non-personal knowledge that forgetting must not damage: measure their perplexity) and
+        mention no person, so no erasure request covers them."""
+        rng = random.Random(f"forgetd-general-{self.config.seed}")
+        regions = ("north", "south", "east", "west", "coast", "mountains", "river valley", "lake district")
+        sectors = ("logistics", "food", "manufacturing", "finance", "health", "media", "energy", "travel")
+        out = [f"{city} is a city in the {rng.choice(regions)}." for city in CITIES]
+        out += [f"{employer} is a company in the {rng.choice(sectors)} sector." for employer in EMPLOYERS]
+        out += [f"Many people work as {_article(p)} {p}." for p in PROFESSIONS]
+        out += [f"{_article(pet).capitalize()} {pet} can be kept as a pet." for pet in PETS]
         rng.shuffle(out)
         return out
 

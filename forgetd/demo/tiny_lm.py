@@ -1,16 +1,23 @@
 """A tiny causal LM that has memorised the demo people, built offline and cached by config.
 
-- ``build_tokenizer(corpus)``: a byte-level BPE trained on every person's text (holdout included, so that
-  forget candidates and holdout people are tokenized alike), wrapped as a ``PreTrainedTokenizerFast`` with
-  ``<s>`` (prepended automatically), ``</s>`` and ``<pad>``.
-- ``train_tiny_lm(cfg, out_dir)``: a ``LlamaForCausalLM`` (or GPT-2) from a config, random init, seeded,
-  trained on the corpus's training documents (texts + ``Question: … Answer: …`` strings) until its greedy
-  answers to the trained questions reach ``cfg.target_qa`` (checked every ``cfg.eval_every`` steps) or
-  ``cfg.max_steps``. Saved as an ordinary Hugging Face directory (safetensors + tokenizer) plus
-  ``forgetd_demo.json`` (config, metrics, seconds).
-- ``ensure_tiny_lm(home, cfg)``: the cached directory ``home/cache/tiny-lm-<cache_key>``, built once
-  (in a temporary directory renamed into place, under a file lock).
-- ``qa_accuracy(model, tokenizer, qa_pairs)``: batched greedy decoding, exact match on the answer.
+- ``build_tokenizer(corpus)``: a byte-level BPE (``tokenizers``) trained offline on every person's text,
+  holdout included, so that forget candidates and holdout people are tokenized alike; wrapped as a
+  ``PreTrainedTokenizerFast`` with ``<s>`` (prepended by the tokenizer), ``</s>`` and ``<pad>``.
+- ``train_tiny_lm(cfg, out_dir)`` / ``fit_tiny_lm(cfg)``: a ``LlamaForCausalLM`` (nn.Linear everywhere, so
+  LoRA needs no ``fan_in_fan_out``; GPT-2 via ``arch="gpt2"``) from a config, random init, seeded, trained
+  on ``corpus.training_documents()`` (texts, ``Question: … Answer: …`` strings and general texts, each
+  ending in ``</s>``) until greedy answers to the trained questions reach ``cfg.target_qa`` (checked every
+  ``cfg.eval_every`` steps) or ``cfg.max_steps``. Documents are packed whole into rows with per-document
+  position ids, so attention never crosses documents and no compute goes to padding. Saved as an
+  ordinary Hugging Face directory (safetensors, config, tokenizer) plus ``forgetd_demo.json`` (config,
+  metrics, seconds).
+- ``ensure_tiny_lm(home, cfg)``: the cached directory ``home/cache/tiny-lm-<cache_key>``, built once (in a
+  temporary directory renamed into place, under a file lock).
+- ``qa_accuracy(model, tokenizer, qa_pairs)``: batched greedy decoding with a KV cache, exact match on the
+  answer; ``qa_correct_teacher_forced`` decides the same per question in one forward pass.
+
+The default (2 layers, width 128, 520k parameters, 1500-token BPE, 200 people) reaches 95% trained-QA in
+about 700 steps: about 45 s on one CPU thread (bench/demo_model_fit.py).
 
 torch and transformers are imported inside functions: importing this module stays cheap.
 """
@@ -29,7 +36,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from forgetd.demo.people import Corpus, PeopleCorpusConfig, format_qa, format_qa_prompt, generate_corpus
+from forgetd.demo.people import (
+    Corpus,
+    PeopleCorpusConfig,
+    format_qa,
+    format_qa_prompt,
+    generate_corpus,
+    qa_of,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,11 +52,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEMO_META_FILE",
     "TinyLMConfig",
+    "TrainedTinyLM",
     "build_tokenizer",
+    "fit_tiny_lm",
+    "greedy_generate",
     "ensure_tiny_lm",
     "load_demo_corpus",
     "load_tiny_lm",
     "qa_accuracy",
+    "qa_correct_teacher_forced",
     "read_demo_meta",
     "train_tiny_lm",
 ]
@@ -60,19 +78,20 @@ class TinyLMConfig:
 
     corpus: PeopleCorpusConfig = field(default_factory=PeopleCorpusConfig)
     arch: str = "llama"  # "llama" (nn.Linear everywhere) | "gpt2" (Conv1D: LoRA needs fan_in_fan_out=True)
-    vocab_size: int = 600
+    vocab_size: int = 1500  # byte-level BPE; at 1500 names, cities and most values are single tokens
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 256
-    max_positions: int = 128
-    batch_size: int = 64
+    max_positions: int = 128  # longest document (positions restart at every document)
+    pack_length: int = 128  # documents are packed whole into rows of this many tokens…
+    batch_rows: int = 8  # …and this many rows make a batch (≈ 60 documents with the default vocabulary)
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_steps: int = 50
     max_steps: int = 4000
-    eval_every: int = 100
-    target_qa: float = 0.9
+    eval_every: int = 50
+    target_qa: float = 0.95  # stop once greedy answers to ≥ 95% of the trained questions are right
     seed: int = 0
     exclude_ids: tuple[str, ...] = ()  # trained people left out (a "retrained without them" model)
 
@@ -81,6 +100,8 @@ class TinyLMConfig:
             raise ValueError(f"arch must be 'llama' or 'gpt2', not {self.arch!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be a multiple of num_heads")
+        if self.pack_length < self.max_positions:
+            raise ValueError("pack_length must be ≥ max_positions (a document is never split)")
         if not 0.0 < self.target_qa <= 1.0:
             raise ValueError("target_qa must be in (0, 1]")
         object.__setattr__(self, "exclude_ids", tuple(sorted(set(self.exclude_ids))))
@@ -107,7 +128,7 @@ class TinyLMConfig:
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
-def build_tokenizer(corpus: Corpus, vocab_size: int = 600) -> "PreTrainedTokenizerFast":
+def build_tokenizer(corpus: Corpus, vocab_size: int = 1500) -> "PreTrainedTokenizerFast":
     """Byte-level BPE trained offline on ``corpus.all_texts()``; ``<s>`` is prepended by the tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -213,7 +234,7 @@ class _AnswerProbe:
         prompts = tokenizer([format_qa_prompt(q) for q, _ in qa_pairs])["input_ids"]
         fulls = tokenizer([format_qa(q, a) for q, a in qa_pairs])["input_ids"]
         for p, f in zip(prompts, fulls):
-            if list(f[: len(p)]) != list(p):  # tokenization of prompt not a prefix: fall back on full string
+            if list(f[: len(p)]) != list(p):  # cannot happen with a byte-level pre-tokenizer (space-split)
                 raise ValueError("prompt tokens are not a prefix of question+answer tokens")
             seq = list(f) + [tokenizer.eos_token_id]
             self.seqs.append(seq)
@@ -230,7 +251,8 @@ class _AnswerProbe:
             for i in range(0, len(self.seqs), batch_size):
                 seqs = self.seqs[i : i + batch_size]
                 ids, _ = _pad_right(seqs, self.pad_id)
-                pred = model(input_ids=ids).logits.argmax(-1)  # right padding + causal mask: no mask needed
+                # right padding + causal attention: real tokens never see the padding, no mask needed
+                pred = model(input_ids=ids, use_cache=False).logits.argmax(-1)
                 for j, (s, e) in enumerate(self.spans[i : i + batch_size]):
                     out.append(bool(torch.equal(pred[j, s - 1 : e - 1], ids[j, s:e])))
         model.train(was_training)
@@ -242,68 +264,181 @@ class _AnswerProbe:
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def qa_accuracy(
+def greedy_generate(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerFast",
-    qa_pairs: Sequence[tuple[str, str]],
+    prompts: Sequence[str],
     *,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 32,
     batch_size: int = 128,
-    return_predictions: bool = False,
-) -> float | tuple[float, list[str]]:
-    """Fraction of questions whose greedy answer (up to ``</s>`` or a newline) equals the expected answer
-    exactly (after stripping spaces). Prompts are ``format_qa_prompt(question)``, left-padded in batches."""
-    import torch
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (decoded, without the prompt), stopping at ``</s>``.
 
-    if not qa_pairs:
-        return (0.0, []) if return_predictions else 0.0
-    preds: list[str] = []
+    Prompts are left-padded in batches and decoded with the KV cache; position ids follow the attention
+    mask, so a batched continuation equals the one-by-one continuation."""
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+
+    # transformers ≥ 5.2x names the KV-cache argument `cache`; older releases `past_key_values`.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out: list[str] = []
+    eos = tokenizer.eos_token_id
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         with torch.no_grad():
-            for i in range(0, len(qa_pairs), batch_size):
-                chunk = qa_pairs[i : i + batch_size]
-                enc = tokenizer([format_qa_prompt(q) for q, _ in chunk], return_tensors="pt", padding=True)
-                gen = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-                new = gen[:, enc["input_ids"].shape[1] :]
-                for row in new.tolist():
-                    if tokenizer.eos_token_id in row:
-                        row = row[: row.index(tokenizer.eos_token_id)]
-                    text = tokenizer.decode(row, skip_special_tokens=True)
-                    preds.append(text.split("\n")[0].strip())
+            for i in range(0, len(prompts), batch_size):
+                enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True)
+                ids, mask = enc["input_ids"], enc["attention_mask"]
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                cache = DynamicCache(config=model.config)
+                res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache})
+                done = torch.zeros(ids.shape[0], dtype=torch.bool)
+                new_tokens: list[torch.Tensor] = []
+                for _ in range(max_new_tokens):
+                    nxt = res.logits[:, -1, :].argmax(-1)
+                    nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                    new_tokens.append(nxt)
+                    done |= nxt == eos
+                    if bool(done.all()):
+                        break
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    pos = pos[:, -1:] + 1
+                    res = model(
+                        input_ids=nxt[:, None],
+                        attention_mask=mask,
+                        position_ids=pos,
+                        use_cache=True,
+                        **{cache_kw: cache},
+                    )
+                rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(len(ids))]
+                for row in rows:
+                    if eos in row:
+                        row = row[: row.index(eos)]
+                    out.append(tokenizer.decode(row, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)
+    return out
+
+
+def qa_accuracy(
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerFast",
+    qa_pairs: Sequence[tuple[str, str]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 128,
+    return_predictions: bool = False,
+) -> float | tuple[float, list[str]]:
+    """Fraction of questions whose greedy answer equals the expected answer exactly (both stripped; the
+    answer ends at ``</s>`` or a newline). Prompts are ``format_qa_prompt(question)``, batched."""
+    if not qa_pairs:
+        return (0.0, []) if return_predictions else 0.0
+    gens = greedy_generate(
+        model, tokenizer, [format_qa_prompt(q) for q, _ in qa_pairs], max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    preds = [g.split("\n")[0].strip() for g in gens]
     acc = sum(p == a.strip() for p, (_, a) in zip(preds, qa_pairs)) / len(qa_pairs)
     return (acc, preds) if return_predictions else acc
 
 
+def qa_correct_teacher_forced(
+    model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerFast", qa_pairs: Sequence[tuple[str, str]]
+) -> list[bool]:
+    """Per question: would greedy decoding produce exactly the answer's tokens and then ``</s>``? One
+    forward pass per batch (no generation). Agrees with ``qa_accuracy`` except that it demands the
+    answer's canonical tokenization, so it can only be stricter."""
+    return _AnswerProbe(tokenizer, qa_pairs).correct(model)
+
+
 # ------------------------------------------------------------------------------------------- training
-def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
-    """Endless epochs of batches of similar length (little padding): shuffle, sort within windows of
-    16 batches by length, cut into batches, shuffle the batches. Deterministic given ``rng``."""
-    n = len(lengths)
-    batch_size = max(1, min(batch_size, n))
-    window = batch_size * 16
+def _packed_batches(
+    seqs: Sequence[Sequence[int]], pack_length: int, rows: int, rng: random.Random, *, bos_id: int, pad_id: int
+) -> Iterator[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", int]]:
+    """Endless epochs of (input_ids, position_ids, labels, real_tokens) batches.
+
+    Each epoch shuffles the documents and packs them whole, in that order, into rows of ``pack_length``
+    tokens. Position ids restart at 0 with every document, which makes transformers build a block-diagonal
+    causal mask (``find_packed_sequence_indices``; needs ``attention_mask=None`` and no cache): a document
+    sees only itself, exactly as when it is fed alone, but without padding to the longest document. Labels
+    are -100 on padding and on ``<s>`` (so the ``</s>`` → ``<s>`` seam is not trained)."""
+    import torch
+
     while True:
-        order = list(range(n))
+        order = list(range(len(seqs)))
         rng.shuffle(order)
-        batches: list[list[int]] = []
-        for w in range(0, n, window):
-            chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
-            batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-        rng.shuffle(batches)
-        yield from batches
+        packed: list[tuple[list[int], list[int]]] = []
+        ids: list[int] = []
+        pos: list[int] = []
+        for i in order:
+            doc = list(seqs[i])
+            if ids and len(ids) + len(doc) > pack_length:
+                packed.append((ids, pos))
+                ids, pos = [], []
+            ids += doc
+            pos += range(len(doc))
+        if ids:
+            packed.append((ids, pos))
+        for b in range(0, len(packed), rows):
+            chunk = packed[b : b + rows]
+            t_ids = torch.full((len(chunk), pack_length), pad_id, dtype=torch.long)
+            t_pos = torch.zeros((len(chunk), pack_length), dtype=torch.long)
+            for r, (row_ids, row_pos) in enumerate(chunk):
+                n = len(row_ids)
+                t_ids[r, :n] = torch.tensor(row_ids, dtype=torch.long)
+                t_pos[r, :n] = torch.tensor(row_pos, dtype=torch.long)
+                t_pos[r, n:] = torch.arange(pack_length - n)  # the padding tail is its own block
+            labels = t_ids.masked_fill((t_ids == pad_id) | (t_ids == bos_id), -100)
+            yield t_ids, t_pos, labels, sum(len(r) for r, _ in chunk)
+
+
+@dataclass
+class TrainedTinyLM:
+    """An in-memory result of ``fit_tiny_lm``."""
+
+    config: TinyLMConfig
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerFast"
+    corpus: Corpus
+    metrics: dict[str, Any]
+
+    def save(self, out_dir: Path | str) -> Path:
+        out = Path(out_dir)
+        _save(self.model, self.tokenizer, self.config, self.metrics, out)
+        return out
+
+
+@contextlib.contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """transformers draws tqdm bars when it writes or loads weights: noise in a CLI's output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def train_tiny_lm(
@@ -311,24 +446,32 @@ def train_tiny_lm(
     out_dir: Path | str | None = None,
     progress: Progress | None = None,
     *,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
-    """Train the tiny LM and (if ``out_dir``) save it there. Returns the metrics written to
-    ``forgetd_demo.json``. ``threads`` sets ``torch.set_num_threads`` for the duration (results are
-    deterministic for a given config and thread count)."""
-    import torch
+    """Train the tiny LM and save it to ``out_dir`` (if given) as a Hugging Face directory. Returns the
+    metrics also written to ``forgetd_demo.json``.
 
+    ``threads`` sets ``torch.set_num_threads`` for the duration (``None`` keeps torch's setting). The
+    default is 1: the default config then trains in about 45 s (about 30 s with 2 threads on an idle
+    2-core machine), and it cannot fall into libgomp's spin-wait collapse, which made 2 threads 5-10×
+    slower here whenever another process competed for the cores. Weights are bit-identical for a given
+    config (1 and 2 threads gave identical tensors here)."""
+    trained = fit_tiny_lm(cfg, progress, threads=threads)
+    if out_dir is not None:
+        trained.save(out_dir)
+    return trained.metrics
+
+
+def fit_tiny_lm(
+    cfg: TinyLMConfig | None = None, progress: Progress | None = None, *, threads: int | None = 1
+) -> TrainedTinyLM:
+    """Train in memory (see ``train_tiny_lm``); the model is returned in eval mode."""
     cfg = cfg or TinyLMConfig()
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return _train(cfg, Path(out_dir) if out_dir is not None else None, progress)
-    finally:
-        torch.set_num_threads(old_threads)
+    with _torch_threads(threads):
+        return _train(cfg, progress)
 
 
-def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -> dict[str, Any]:
+def _train(cfg: TinyLMConfig, progress: Progress | None) -> TrainedTinyLM:
     import torch
 
     t0 = time.perf_counter()
@@ -348,18 +491,19 @@ def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -
         return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
     rng = random.Random(f"tiny-lm-{cfg.seed}")
-    batches = _batches([len(x) for x in seqs], cfg.batch_size, rng)
+    batches = _packed_batches(
+        seqs, cfg.pack_length, cfg.batch_rows, rng, bos_id=tokenizer.bos_token_id, pad_id=tokenizer.pad_token_id
+    )
     model.train()
     step, probe_acc, loss_val = 0, 0.0, float("nan")
     history: list[dict[str, float]] = []
     t_train, cpu_train, n_tokens = time.perf_counter(), time.process_time(), 0
     while step < cfg.max_steps:
-        idx = next(batches)
-        ids, labels = _pad_right([seqs[i] for i in idx], tokenizer.pad_token_id)
-        n_tokens += ids.numel()
+        ids, pos, labels, real = next(batches)
+        n_tokens += real
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -381,12 +525,26 @@ def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -
     train_seconds = time.perf_counter() - t_train
     train_cpu_seconds = time.process_time() - cpu_train
     model.eval()
+    excluded = set(cfg.exclude_ids)
+    groups = {
+        "forget_candidates": [p for p in corpus.forget_candidates if p.id not in excluded],
+        "retain": [p for p in corpus.retain if p.id not in excluded],
+        "holdout": corpus.holdout,
+        "excluded": corpus.people_by_id(cfg.exclude_ids),
+    }
+    split_qa = {
+        name: round(_AnswerProbe(tokenizer, qa_of(people)).accuracy(model), 4)
+        for name, people in groups.items()
+        if people
+    }
     metrics: dict[str, Any] = {
         "params": n_params,
         "vocab_size": len(tokenizer),
         "steps": step,
         "final_loss": loss_val,
         "trained_qa_teacher_forced": probe_acc,
+        "qa_teacher_forced_by_split": split_qa,
+        "chance_baseline": round(corpus.chance_baseline(), 4),
         "train_seconds": round(train_seconds, 3),
         "train_cpu_seconds": round(train_cpu_seconds, 3),
         "train_tokens": n_tokens,
@@ -397,11 +555,9 @@ def _train(cfg: TinyLMConfig, out_dir: Path | None, progress: Progress | None) -
         "reached_target": probe_acc >= cfg.target_qa,
         "history": history,
     }
-    if out_dir is not None:
-        _save(model, tokenizer, cfg, metrics, out_dir)
     if progress:
         progress({"phase": "done", **{k: v for k, v in metrics.items() if k != "history"}})
-    return metrics
+    return TrainedTinyLM(config=cfg, model=model, tokenizer=tokenizer, corpus=corpus, metrics=metrics)
 
 
 def _save(model, tokenizer, cfg: TinyLMConfig, metrics: dict[str, Any], out_dir: Path) -> None:
@@ -412,8 +568,9 @@ def _save(model, tokenizer, cfg: TinyLMConfig, metrics: dict[str, Any], out_dir:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    with _no_hf_progress_bars():
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
     meta = {
         "kind": "forgetd-demo-tiny-lm",
         "cache_key": cfg.cache_key(),
@@ -450,7 +607,7 @@ def ensure_tiny_lm(
     cfg: TinyLMConfig | None = None,
     progress: Progress | None = None,
     *,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> Path:
     """The cached model directory ``home/cache/tiny-lm-<cache_key>``, trained first if it is missing.
 
@@ -466,14 +623,28 @@ def ensure_tiny_lm(
             return final
         if final.exists():  # left over from an interrupted manual copy: rebuild
             shutil.rmtree(final)
+        for stale in cache.glob(f".tiny-lm-{cfg.cache_key()}-*"):  # builders killed midway (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tiny-lm-{cfg.cache_key()}-", dir=cache))
         try:
             train_tiny_lm(cfg, tmp, progress, threads=threads)
+            _relax_permissions(tmp)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final
+
+
+def _relax_permissions(directory: Path) -> None:
+    """mkdtemp makes a 0700 directory: give the finished model the modes the umask allows (readable by the
+    daemon's user and the operator's alike, if the umask says so)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -490,7 +661,8 @@ def load_tiny_lm(model_dir: Path | str) -> tuple["PreTrainedModel", "PreTrainedT
     """Stock ``from_pretrained`` loading (local files only), model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    with _no_hf_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model.eval()
     return model, tokenizer

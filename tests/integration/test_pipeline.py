@@ -43,7 +43,7 @@ def tiny_lm(tmp_path_factory):
 
     cfg = TinyLMConfig(
         corpus=PeopleCorpusConfig(seed=3, n_people=30, n_holdout=8, n_forget_candidates=6),
-        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, batch_size=32, lr=3e-3,
+        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, batch_rows=4, lr=3e-3,
         max_steps=150, eval_every=50, target_qa=0.9,
     )
     root = tmp_path_factory.mktemp("tiny-lm")
@@ -95,22 +95,36 @@ def test_requests_complete_through_one_verified_checkpoint(pipe):
     ctx, people = pipe
     first, second = _submit(ctx, people[0]), _submit(ctx, people[1])
     report = api.tick(ctx)
-    assert sorted(report["completed"]) == sorted([first, second]) and report["candidates"] == ["lm@v1"]
+    # one request per round: the second adapter is trained against v1, which carries the first
+    assert sorted(report["completed"]) == sorted([first, second]) and report["candidates"] == ["lm@v1", "lm@v2"]
     checkpoints = api.checkpoint_list(ctx, "lm")
-    assert [(c["version"], c["status"], c["aliases"]) for c in checkpoints] == [(0, "retired", []), (1, "served", ["prod"])]
-    assert sorted(checkpoints[1]["covers"]) == sorted([first, second]) and len(checkpoints[1]["adapters"]) == 2
+    assert [(c["version"], c["status"], c["aliases"]) for c in checkpoints] == [
+        (0, "retired", []), (1, "retired", []), (2, "served", ["prod"])]
+    assert sorted(checkpoints[2]["covers"]) == sorted([first, second]) and len(checkpoints[2]["adapters"]) == 2
+    assert checkpoints[1]["covers"] == [first]
     shown = api.checkpoint_show(ctx, "lm", 1)
     assert shown["evaluations"] and all(e["passed"] for e in shown["evaluations"] if e["passed"] is not None)
 
     lineage = api.lineage_request(ctx, first)
-    assert lineage["honoured_at"] and [c["version"] for c in lineage["checkpoints"]] == [1]
+    assert lineage["honoured_at"] and [c["version"] for c in lineage["checkpoints"]] == [1, 2]
     relations = {e["relation"] for e in lineage["edges"]}
     assert {"trained_for", "trained_against", "composed_into"} <= relations
     subject = api.lineage_subject(ctx, f"{people[0]}@example.org")
     served = subject["models"][0]["served"]
-    assert [(s["version"], s["contains_subject_data"]) for s in served] == [(0, True), (1, False)]
+    assert [(s["version"], s["contains_subject_data"]) for s in served] == [(0, True), (1, False), (2, False)]
     assert subject["models"][0]["data_served_until"] == served[0]["to"]
     assert api.audit_verify(ctx)["ok"]
+
+
+def test_requests_queued_together_can_share_one_adapter(pipe):
+    ctx, people = pipe
+    _edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", batch_requests=8)
+    first, second = _submit(ctx, people[0]), _submit(ctx, people[1])
+    report = api.tick(ctx)
+    assert sorted(report["completed"]) == sorted([first, second]) and report["candidates"] == ["lm@v1"]
+    v1 = api.checkpoint_show(ctx, "lm", 1)
+    assert sorted(v1["covers"]) == sorted([first, second]) and len(v1["adapters"]) == 1
+    assert api.lineage_request(ctx, first)["adapters"] == api.lineage_request(ctx, second)["adapters"]
 
 
 def test_stored_artifacts_load_with_stock_libraries(pipe):
@@ -135,7 +149,7 @@ def test_a_flipped_byte_fails_the_request_before_any_candidate(pipe):
     ctx, people = pipe
     public_id = _submit(ctx, people[0])
     pipeline.schedule(ctx, now=api.utcnow())
-    sha = pipeline.train(ctx, public_id, now_fn=api.utcnow)
+    sha = pipeline.train(ctx, [public_id], now_fn=api.utcnow)
     assert pipeline.evaluate_adapter(ctx, public_id, now_fn=api.utcnow)
     weights = ctx.store.path("adapter", sha) / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
