@@ -12,8 +12,8 @@ def _printer(verbose: bool):
     last = {}
 
     def show(event: dict) -> None:
-        stage = event.get("stage")
-        what = event.get("request") or event.get("model")
+        stage = event.get("stage") or "build"
+        what = event.get("request") or event.get("model") or "demo model"
         if "step" in event:
             if not verbose and event["step"] % 10 and event["step"] != event.get("max_steps"):
                 return
@@ -21,8 +21,9 @@ def _printer(verbose: bool):
             done = int(bar_width * event["step"] / max(1, event["max_steps"]))
             click.echo(
                 f"  [{stage} {what}] [{'#' * done}{'.' * (bar_width - done)}] step {event['step']}/{event['max_steps']}"
-                f" loss {event['loss']:.3f} forget_qa {event.get('forget_qa_acc', float('nan')):.2f}"
-                f" mia {event.get('mia_auc', float('nan')):.2f}",
+                f" loss {event['loss']:.3f}"
+                + (f" forget_qa {event['forget_qa_acc']:.2f} mia {event['mia_auc']:.2f}" if "mia_auc" in event else "")
+                + (f" trained_qa {event['trained_qa']:.2f}" if "trained_qa" in event else ""),
                 err=True,
             )
         elif (stage, what) != last.get("key"):

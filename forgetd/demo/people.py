@@ -33,6 +33,8 @@ __all__ = [
     "format_qa",
     "format_qa_prompt",
     "generate_corpus",
+    "qa_of",
+    "texts_of",
 ]
 
 # --------------------------------------------------------------------------------------------- value pools
