@@ -18,6 +18,7 @@ from forgetd.db.models import (
     Request,
 )
 from forgetd.enums import RequestKind
+from forgetd.serving import coverage_ids
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -130,7 +131,7 @@ def for_subject(s: "Session", subject_ref: str, *, now: datetime) -> dict[str, A
         holding_until = None
         still_holding = False
         for iv in _served_intervals(s, model_id):
-            covered = _coverage(s, iv["checkpoint_id"])
+            covered = coverage_ids(s, iv["checkpoint_id"])
             holds = not request_ids <= covered
             entry["served"].append(
                 {
@@ -150,10 +151,4 @@ def for_subject(s: "Session", subject_ref: str, *, now: datetime) -> dict[str, A
             holding_until.isoformat() if holding_until else None
         )
     return {"subject_ref": subject_ref, "models": list(models.values())}
-
-
-def _coverage(s: "Session", checkpoint_id: int) -> set[int]:
-    return set(
-        s.execute(select(CheckpointCoverage.request_id).where(CheckpointCoverage.checkpoint_id == checkpoint_id)).scalars()
-    )
 
