@@ -677,6 +677,26 @@ def request_release(ctx: Context, public_id: str) -> dict[str, Any]:
     return _operator_move(ctx, public_id, prior, reason_code="released")
 
 
+RETRY_FROM = ("train", "evaluate", "compose")
+
+
+def request_retry(ctx: Context, public_id: str, step: str | None = None) -> dict[str, Any]:
+    """Put a failed request back into the pipeline at a step (default: the step that failed; a failed
+    checkpoint verification is retried from composition)."""
+    from forgetd.errors import DomainError as _DomainError
+    from forgetd.lifecycle import RETRY_STEPS
+    from forgetd.lifecycle import RequestStatus as St
+
+    if step is not None and step not in RETRY_FROM:
+        raise InputError(f"unknown step {step!r}; retry from one of {', '.join(RETRY_FROM)}", field="--from")
+    with ctx.session() as s:
+        request = _get_request(s, public_id)
+        if request.status is not St.failed:
+            raise _DomainError(f"request {public_id} is {request.status.value}, not failed", field="status")
+        chosen = step or {"verify": "compose"}.get(request.failed_step, request.failed_step) or "train"
+    return _operator_move(ctx, public_id, RETRY_STEPS[chosen], reason_code=f"retry_{chosen}")
+
+
 def request_cancel(ctx: Context, public_id: str, reason: str) -> dict[str, Any]:
     from forgetd.intake import check_reason
     from forgetd.lifecycle import RequestStatus as St
@@ -969,7 +989,225 @@ def lineage_subject(ctx: Context, subject: str) -> dict[str, Any]:
 
 
 def tick(ctx: Context, *, progress=None) -> dict[str, Any]:
-    """Run the pipeline in-process until nothing moves: approved → … → completed."""
-    from forgetd import pipeline
+    """Run the pipeline in-process until nothing is runnable: the same jobs the service runs, through the
+    inline executor (approved → train → evaluate → compose → verify → promote → completed)."""
+    from forgetd.jobs.service import run_until_idle
 
-    return pipeline.run_until_idle(ctx, now_fn=utcnow, progress=progress).to_dict()
+    return run_until_idle(ctx, progress=progress)
+
+
+# --- jobs and the service ------------------------------------------------------------------------------
+
+
+def _job_dict(job, now: datetime, *, events=None) -> dict[str, Any]:
+    from forgetd.jobs.service import lease_age
+
+    out = {
+        "id": job.id, "kind": job.kind, "status": job.status, "model_id": job.model_id,
+        "requests": list(job.request_ids or []), "priority": job.priority, "attempts": job.attempts,
+        "max_attempts": job.max_attempts, "run_after": job.run_after.isoformat(),
+        "lease_owner": job.lease_owner,
+        "lease_expires_at": job.lease_expires_at.isoformat() if job.lease_expires_at else None,
+        "lease_age_seconds": round(lease_age(job, now), 1) if job.status == "running" and job.heartbeat_at else None,
+        "executor": job.executor, "executor_ref": job.executor_ref, "last_error": job.last_error,
+        "result": job.result, "log_uri": job.log_uri, "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    if events is not None:
+        out["events"] = [{"at": e.at.isoformat(), "event": e.event, "attempt": e.attempt, "worker": e.worker,
+                          "detail": e.detail} for e in events]
+    return out
+
+
+JOB_STATUS_VALUES = ("queued", "running", "succeeded", "failed", "dead", "canceled")
+
+
+def job_list(ctx: Context, *, status: str | None = None, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from forgetd.db.models import Job
+    from forgetd.jobs.kinds import KINDS
+
+    if status is not None and status not in JOB_STATUS_VALUES:
+        raise InputError(f"unknown job status {status!r}; choose one of {', '.join(JOB_STATUS_VALUES)}", field="status")
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}", field="kind")
+    if limit < 1:
+        raise InputError("must be at least 1", field="limit")
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    now = utcnow()
+    with ctx.session() as s:
+        return [_job_dict(j, now) for j in s.execute(query).scalars()]
+
+
+def _get_job(s, job_id: int):
+    from forgetd.db.models import Job
+
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}; list them with `forgetd job list`", field="job_id")
+    return job
+
+
+def job_show(ctx: Context, job_id: int) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from forgetd.db.models import JobEvent
+
+    with ctx.session() as s:
+        job = _get_job(s, job_id)
+        events = s.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).scalars().all()
+        return _job_dict(job, utcnow(), events=events)
+
+
+def job_retry(ctx: Context, job_id: int) -> dict[str, Any]:
+    """Run a dead, failed or canceled job again (the requests it gave up on need `request retry` too)."""
+    from forgetd.jobs import queue
+
+    actor = ctx.actor
+    with ctx.session() as s:
+        job = _get_job(s, job_id)
+        if job.status not in (queue.DEAD, queue.FAILED, queue.CANCELED):
+            raise DomainError(f"job {job_id} is {job.status}; only dead, failed or canceled jobs can be retried",
+                              field="job_id")
+        if job.dedupe_key and queue.find_live(s, job.dedupe_key) is not None:
+            raise DomainError(f"job {job_id} already has a live successor doing the same work", field="job_id")
+        queue.retry(s, job, now=utcnow(), actor=actor)
+        return _job_dict(job, utcnow())
+
+
+def job_cancel(ctx: Context, job_id: int) -> dict[str, Any]:
+    """Cancel a queued or running job; the requests it holds are failed (retry them from their step)."""
+    from forgetd.jobs import queue
+    from forgetd.jobs.kinds import give_up
+
+    actor = ctx.actor
+    with ctx.session() as s:
+        job = _get_job(s, job_id)
+        if job.status not in queue.LIVE:
+            raise DomainError(f"job {job_id} is already {job.status}", field="job_id")
+        now = utcnow()
+        queue.cancel(s, job, now=now, actor=actor)
+        failed = give_up(s, job, now=now, actor=actor, why=f"canceled by {actor}")
+        out = _job_dict(job, now)
+        out["failed_requests"] = failed
+        return out
+
+
+def job_selftest(ctx: Context, *, count: int, seconds: float) -> dict[str, Any]:
+    """Queue `count` selftest jobs: each holds a lease for `seconds` and publishes a small artifact."""
+    from forgetd.jobs import queue
+
+    if not 1 <= count <= 10_000:
+        raise InputError("must be between 1 and 10000", field="count")
+    if not 0 <= seconds <= 3600:
+        raise InputError("must be between 0 and 3600 seconds", field="seconds")
+    token = secrets.token_hex(4)
+    with ctx.session() as s:
+        ids = []
+        for i in range(count):
+            job, _ = queue.enqueue(s, "selftest", now=utcnow(), args={"seconds": seconds, "token": f"{token}-{i}"},
+                                   dedupe_key=f"selftest:{token}:{i}", priority=100,
+                                   max_attempts=ctx.settings.max_attempts)
+            ids.append(job.id)
+    return {"jobs": ids, "token": token}
+
+
+def status(ctx: Context) -> dict[str, Any]:
+    """What an operator checks first: the queue, running jobs and their leases, deadlines, what is served."""
+    from sqlalchemy import func, select
+
+    from forgetd import serving
+    from forgetd.db.models import Job, Model, Request
+    from forgetd.deadlines import deadline_state
+    from forgetd.lifecycle import ACTIVE
+    from forgetd.policies import load_policies
+
+    now = utcnow()
+    policies = load_policies(ctx.settings.policies_dir)
+    with ctx.session() as s:
+        depth = {f"{kind}:{st}": n for kind, st, n in
+                 s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)).all()}
+        by_state: dict[str, int] = {}
+        for key, n in depth.items():
+            st = key.split(":", 1)[1]
+            by_state[st] = by_state.get(st, 0) + n
+        running = s.execute(select(Job).where(Job.status == "running").order_by(Job.id)).scalars().all()
+        at_risk, breached = [], []
+        for r in s.execute(select(Request).where(Request.status.in_(list(ACTIVE)))).scalars():
+            policy = policies.get(r.policy)
+            window = policy.deadline.at_risk_timedelta if policy else timedelta(days=7)
+            state = deadline_state(now, r.effective_due_at, window)
+            entry = {"id": r.public_id, "status": r.status.value, "due_at": r.effective_due_at.isoformat()}
+            (breached if state == "breached" else at_risk if state == "at_risk" else []).append(entry)
+        served = []
+        for m in s.execute(select(Model).order_by(Model.name)).scalars():
+            try:
+                c = serving.served_checkpoint(s, m)
+                served.append({"model": m.name, "version": c.version, "content_id": c.content_id})
+            except Exception:
+                served.append({"model": m.name, "version": None, "content_id": None})
+        return {
+            "at": now.isoformat(),
+            "queue": {"by_state": by_state, "by_kind_state": depth},
+            "running": [_job_dict(j, now) for j in running],
+            "requests_at_risk": at_risk,
+            "requests_breached": breached,
+            "served": served,
+        }
+
+
+def serve(ctx: Context, options) -> int:
+    """Run the background service until SIGTERM (see forgetd.jobs.service)."""
+    from forgetd.jobs.service import Daemon
+
+    ctx.engine  # noqa: B018 -- refuse to start on an out-of-date schema before anything else
+    return Daemon(ctx, options).run()
+
+
+# --- explanation records (forgetd.explain.records) -------------------------------------------------------
+
+
+def explain_issue(ctx: Context, model: str, subject: str, input_path, kind: str = "counterfactual",
+                  robust_k: int | None = None, delta: float | None = None) -> dict[str, Any]:
+    """Issue an explanation (counterfactual recourse or attribution) under the served checkpoint; stored
+    encrypted with its audit event and lineage edge in one transaction."""
+    from forgetd.explain import records
+
+    return records.explain_issue(ctx, model, subject, input_path, kind, robust_k=robust_k, delta=delta)
+
+
+def explain_list(ctx: Context, status: str | None = None) -> list[dict[str, Any]]:
+    from forgetd.explain import records
+
+    return records.explain_list(ctx, status=status)
+
+
+def explain_show(ctx: Context, public_id: str, include_record: bool = False) -> dict[str, Any]:
+    from forgetd.explain import records
+
+    return records.explain_show(ctx, public_id, include_record=include_record)
+
+
+def explain_report(ctx: Context, model: str, checkpoint_version: int) -> dict[str, Any]:
+    from forgetd.explain import records
+
+    return records.explain_report(ctx, model, checkpoint_version)
+
+
+def explain_reissue(ctx: Context, public_id: str) -> dict[str, Any]:
+    from forgetd.explain import records
+
+    return records.explain_reissue(ctx, public_id)
+
+
+def revalidate(ctx: Context, model_id: int, checkpoint_id: int) -> dict[str, Any]:
+    """Re-check every live explanation record of the model on the checkpoint (the `revalidate` job)."""
+    from forgetd.explain import records
+
+    return records.revalidate(ctx, model_id, checkpoint_id)

@@ -17,6 +17,10 @@ DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 
 _TOML_KEYS = {
     "database_url",
+    "lease_seconds",
+    "retry_base_seconds",
+    "retry_cap_seconds",
+    "max_attempts",
     "master_key_file",
     "operator",
     "max_payload_bytes",
@@ -52,6 +56,11 @@ class Settings:
     data_root: Path | None = None
     # Tiny demo and test models, keyed by config hash: survives throwaway FORGETD_HOMEs.
     cache_dir: Path = field(default_factory=lambda: _default_cache())
+    # The job queue (DESIGN 8): how long a lease lives without a heartbeat, and the retry backoff.
+    lease_seconds: float = 60.0
+    retry_base_seconds: float = 10.0
+    retry_cap_seconds: float = 600.0
+    max_attempts: int = 5
 
     def with_operator(self, operator: str | None) -> "Settings":
         return replace(self, operator=operator) if operator else self
@@ -116,7 +125,22 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     except (TypeError, ValueError):
         raise InputError("must be a positive integer number of bytes", field="FORGETD_MAX_PAYLOAD_BYTES") from None
 
-    kwargs = {}
+    kwargs: dict = {}
+    for env_key, toml_key, convert, low in (
+        ("FORGETD_LEASE_SECONDS", "lease_seconds", float, 1.0),
+        ("FORGETD_RETRY_BASE_SECONDS", "retry_base_seconds", float, 0.0),
+        ("FORGETD_RETRY_CAP_SECONDS", "retry_cap_seconds", float, 0.0),
+        ("FORGETD_MAX_ATTEMPTS", "max_attempts", int, 1),
+    ):
+        value = pick(env_key, toml_key, None)
+        if value is None or value == "":
+            continue
+        try:
+            kwargs[toml_key] = convert(value)
+            if kwargs[toml_key] < low:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InputError(f"must be a number ≥ {low:g}", field=env_key) from None
     for env_key, toml_key in (
         ("FORGETD_POLICIES_DIR", "policies_dir"),
         ("FORGETD_ADAPTERS_DIR", "adapters_dir"),

@@ -8,7 +8,15 @@ File format (JSON):
      "reference": ["p0100", …],       # never-trained records: what "forgotten" should look like
      "general": ["…"]}                # optional general text (perplexity)
 
-For classifiers a record holds `samples` (indices or file refs) and `labels` instead of texts.
+For classifiers a record holds `samples` (indices or file refs) and `labels` instead of texts; for
+tabular classifiers `rows` (one list of raw feature values per row, in the model's feature order) and one
+label (class index) per row. Image classifiers carry their pixels in the file (so the stored dataset is
+self-contained) and name the held-out splits: `validation` (what stopping rules may look at) and `test`
+(what verification judges with; never used for a choice):
+    {"format": "forgetd-records/v1",
+     "records": {"d0000": {"samples": [0], "labels": [3]}, …},   # samples index inputs.rows
+     "retain": ["d0000", …], "validation": ["d0007", …], "test": ["d0011", …],
+     "inputs": {"shape": [1, 8, 8], "scale": 16, "rows": [[0, 3, 16, …], …]}}
 """
 
 from __future__ import annotations
@@ -31,6 +39,38 @@ class Record(BaseModel):
     qa: list[tuple[str, str]] = Field(default_factory=list)
     labels: list[int | str] = Field(default_factory=list)
     samples: list[int | str] = Field(default_factory=list)
+    rows: list[list[float]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_label_per_row(self) -> "Record":
+        if self.rows:
+            if len(self.labels) != len(self.rows):
+                raise ValueError("a record with rows needs exactly one label per row")
+            if len({len(r) for r in self.rows}) != 1:
+                raise ValueError("all rows of a record must have the same number of features")
+        return self
+
+
+class Inputs(BaseModel):
+    """Raw classifier inputs, one flat row per sample index (a record's `samples` index these rows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shape: list[int] = Field(min_length=1)  # of one sample, e.g. [channels, height, width]
+    scale: float = Field(default=1.0, gt=0)  # the raw value that means full intensity
+    rows: list[list[float]]
+
+    @model_validator(mode="after")
+    def _row_sizes(self) -> "Inputs":
+        size = 1
+        for dim in self.shape:
+            if dim < 1:
+                raise ValueError("shape dimensions must be positive")
+            size *= dim
+        bad = next((i for i, row in enumerate(self.rows) if len(row) != size), None)
+        if bad is not None:
+            raise ValueError(f"row {bad} has {len(self.rows[bad])} values, shape {self.shape} needs {size}")
+        return self
 
 
 class Dataset(BaseModel):
@@ -41,24 +81,45 @@ class Dataset(BaseModel):
     retain: list[str]
     reference: list[str] = Field(default_factory=list)
     general: list[str] = Field(default_factory=list)
+    # Held-out splits of classifier datasets (never trained): validation for choices, test for verdicts.
+    validation: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+    inputs: Inputs | None = None
 
     @model_validator(mode="after")
     def _ids_exist(self) -> "Dataset":
         if self.format != FORMAT:
             raise ValueError(f"format must be {FORMAT!r}")
-        for group in ("retain", "reference"):
+        for group in ("retain", "reference", "validation", "test"):
             unknown = [i for i in getattr(self, group) if i not in self.records]
             if unknown:
                 raise ValueError(f"{group} names {len(unknown)} id(s) not in records, e.g. {unknown[0]!r}")
-        if set(self.retain) & set(self.reference):
-            raise ValueError("retain and reference must be disjoint (the reference set was never trained)")
+        trained = set(self.retain)
+        for group in ("reference", "validation", "test"):
+            if trained & set(getattr(self, group)):
+                raise ValueError(f"retain and {group} must be disjoint (the {group} set was never trained)")
+        if set(self.validation) & set(self.test):
+            raise ValueError("validation and test must be disjoint (test data is never used for a choice)")
+        if self.inputs is not None:
+            self._check_samples(len(self.inputs.rows))
         return self
+
+    def _check_samples(self, n_rows: int) -> None:
+        for record_id, record in self.records.items():
+            if len(record.samples) != len(record.labels):
+                raise ValueError(f"record {record_id!r}: one label per sample is needed")
+            for sample in record.samples:
+                if not isinstance(sample, int) or not 0 <= sample < n_rows:
+                    raise ValueError(f"record {record_id!r}: sample {sample!r} is not a row of inputs")
 
     def texts_of(self, ids: list[str]) -> list[str]:
         return [t for i in ids for t in self.records[i].texts]
 
     def qa_of(self, ids: list[str]) -> list[tuple[str, str]]:
         return [pair for i in ids for pair in self.records[i].qa]
+
+    def rows_of(self, ids: list[str]) -> tuple[list[list[float]], list[int | str]]:
+        return [r for i in ids for r in self.records[i].rows], [y for i in ids for y in self.records[i].labels]
 
 
 def parse_dataset(data: Any, *, source: str = "dataset") -> Dataset:

@@ -4,8 +4,9 @@ awaiting_compose → composing → verifying → completed.
 Each stage is a short database transaction to claim work, the heavy computation outside any
 transaction, and a second transaction that publishes the content-addressed result together with the
 state moves and audit events. Publishing is idempotent (adapter sha256, checkpoint content id), so a
-stage that is retried after a crash cannot duplicate an effect. `run_until_idle` is what `forgetd tick`
-calls; the background service (issue 4) drives the same stage functions as jobs.
+stage that is retried after a crash cannot duplicate an effect. The stages run as jobs
+(forgetd.jobs): `forgetd tick` through the inline executor, `forgetd serve` through local or Ray
+workers; a job hands the stage a fenced context, so every transaction here also proves the job's lease.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +31,12 @@ from forgetd.db.models import (
     Request,
 )
 from forgetd.errors import DomainError, ForgetdError, IntegrityFailure
+from forgetd.explain.records import erase_for_request as erase_explanations
 from forgetd.lifecycle import RequestStatus as St
 
 Progress = Callable[[dict[str, Any]], None]
 ADAPTER_META = "forgetd_adapter.json"
 COMPOSED_ADAPTER_DIR = "composed_adapter"
-
-
-@dataclass
-class TickReport:
-    scheduled: list[str] = field(default_factory=list)
-    trained: list[str] = field(default_factory=list)
-    evaluated: list[str] = field(default_factory=list)
-    candidates: list[str] = field(default_factory=list)
-    completed: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    @property
-    def idle(self) -> bool:
-        return not (self.scheduled or self.trained or self.evaluated or self.candidates or self.completed or self.failed)
 
 
 # --- shared helpers ----------------------------------------------------------------------------------
@@ -80,11 +64,11 @@ def _dataset(ctx, model: Model):
 
 def checkpoint_dir(ctx, checkpoint: Checkpoint) -> Path:
     """The checkpoint's weights on disk, integrity-checked (the base against its registered hash)."""
-    from forgetd.families.causal_lm import check_weights
+    from forgetd.families import family_module
 
     if checkpoint.version == 0:
         path = Path(checkpoint.uri)
-        check_weights(path, checkpoint.model.base_sha256)
+        family_module(checkpoint.model.family).check_weights(path, checkpoint.model.base_sha256)
         return path
     return ctx.store.open_dir("checkpoint", checkpoint.uri.rsplit("/", 1)[-1])
 
@@ -103,7 +87,12 @@ def _forget_data(ctx, s, model: Model, requests: list[Request]):
             Request.wrapped_dek.is_not(None),
         )
     ).scalars()
-    excluded = {i for r in others for i in _payload(ctx, r).get("corpus_ids", [])}
+    # record ids (data requests) and class labels (class requests) already being forgotten
+    excluded: set = set()
+    for r in others:
+        payload = _payload(ctx, r)
+        excluded |= set(payload.get("corpus_ids", []))
+        excluded |= {int(label) for label in payload.get("labels", []) if str(label).lstrip("-").isdigit()}
     return family.forget_data(dataset, [_payload(ctx, r) for r in requests], exclude_from_retain=excluded)
 
 
@@ -142,16 +131,20 @@ def schedule(ctx, *, now) -> list[str]:
 # --- stage 2: train --------------------------------------------------------------------------------
 
 
-def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = None) -> str | None:
+def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = None, resume: bool = False) -> str | None:
     """Train one adapter that forgets a batch of one model's scheduled requests (same recipe), against
-    the served checkpoint; returns the adapter sha256. Forgetting queued requests together costs the
-    model less than composing one adapter per request, each trained blind to the others."""
+    the served checkpoint; returns the adapter sha256. With `resume`, requests already `training` are
+    taken too: the job that owned them died and is being retried.
+
+    A ForgetdError (diverged training, a bad recipe) fails the requests: retrying cannot help. Any other
+    exception propagates with the requests left `training`, for the job layer to retry."""
     from forgetd.families import family_module
     from forgetd.training.registry import get_recipe
 
     with ctx.session() as s:
         requests = [_lock_request(s, pid) for pid in public_ids]
-        requests = [r for r in requests if r.status is St.scheduled]
+        startable = (St.scheduled, St.training) if resume else (St.scheduled,)
+        requests = [r for r in requests if r.status in startable]
         if not requests:
             return None
         public_ids = [r.public_id for r in requests]
@@ -161,8 +154,9 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         recipe_names = {_policy(ctx, r.policy).recipes.get(model.family) for r in requests}
         against = serving.served_checkpoint(s, model)
         for request in requests:
-            lifecycle.move(s, request, St.training, actor="system:trainer", now=now_fn(), policy=None,
-                           reason_code="training")
+            if request.status is St.scheduled:
+                lifecycle.move(s, request, St.training, actor="system:trainer", now=now_fn(), policy=None,
+                               reason_code="training")
     try:
         if None in recipe_names:
             raise DomainError(f"a request's policy names no recipe for family {model.family}", field="recipes")
@@ -179,11 +173,16 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
             weights_dir = checkpoint_dir(ctx, against)
             against_ref = {"model": model.name, "version": against.version, "content_id": against.content_id}
         loaded, tokenizer = family.load_model(weights_dir), family.load_tokenizer(weights_dir)
+        extra = {}
+        if recipe.train.retain_anchor == "base" and against_ref["version"] != 0:
+            extra["anchor"] = _load_base(ctx, model)[0].eval()
         staging = Path(tempfile.mkdtemp(prefix="adapter-", dir=ctx.settings.home))
         try:
             out = staging / "adapter"
+            if progress:
+                progress({"stage": "train", "phase": "start", "recipe": recipe.name})
             result = recipe.module().train(recipe, model=loaded, tokenizer=tokenizer, data=data,
-                                           out_dir=out, progress=progress)
+                                           out_dir=out, progress=progress, **extra)
             (out / ADAPTER_META).write_text(
                 json.dumps(
                     {
@@ -191,7 +190,8 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
                         "recipe": recipe.name,
                         "recipe_spec": recipe.model_dump(mode="json"),
                         "trained_against": against_ref,
-                        "train": {k: v for k, v in result.items() if k != "history"},
+                        # wall-clock time stays out: a retried job must store the same bytes (same sha256)
+                        "train": {k: v for k, v in result.items() if k not in ("history", "seconds")},
                     },
                     indent=2,
                     sort_keys=True,
@@ -200,15 +200,13 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
             sha = ctx.store.put_dir("adapter", out, move=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    except Exception as exc:
+    except ForgetdError as exc:
         with ctx.session() as s:
             for pid in public_ids:
                 request = _lock_request(s, pid)
                 if request.status is St.training:
                     _fail(s, request, reason_code="training_failed", reason=_error_text(exc), now=now_fn(),
                           actor="system:trainer")
-        if not isinstance(exc, ForgetdError):
-            raise
         return None
 
     with ctx.session() as s:
@@ -287,8 +285,7 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
     """Serve-time view of one adapter: the checkpoint it was trained against plus the adapter."""
     from forgetd.compose import load_with_adapters
     from forgetd.families import family_module
-    from forgetd.verify.causal_lm import evaluate
-    from forgetd.verify.checks import CHECKERS, failing
+    from forgetd.verify.checks import failing
 
     with ctx.session() as s:
         request = _lock_request(s, public_id)
@@ -311,9 +308,10 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
             return False
     family = family_module(model.family)
     tokenizer = family.load_tokenizer(weights_dir)
-    metrics = evaluate(load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir]), tokenizer, data)
-    original = evaluate(*_load_base(ctx, model), data)
-    checks = CHECKERS[model.family](metrics, original, policy.verification.thresholds())
+    original = family.evaluate(*_load_base(ctx, model), data)
+    metrics = family.evaluate(load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir]), tokenizer, data,
+                              original=original)
+    checks = family.checks(metrics, original, policy.verification.thresholds())
     evidence = _store_evidence(ctx, {"request": public_id, "adapter": adapter_sha, "metrics": metrics,
                                      "original": original, "checks": [c.__dict__ for c in checks]})
     with ctx.session() as s:
@@ -336,15 +334,17 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
 # --- stage 4: compose a candidate checkpoint -----------------------------------------------------------
 
 
-def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16) -> str | None:
-    """Build the candidate: served manifest + the adapters of every request awaiting composition."""
+def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool = False) -> str | None:
+    """Build the candidate: served manifest + the adapters of every request awaiting composition. With
+    `resume`, requests already `composing` (their job died mid-build) are taken too."""
     from forgetd.compose import ManifestEntry, build_cat_adapter, build_merged_dir, content_id, library_versions
     from forgetd.families import family_module
 
     with ctx.session() as s:
         model = s.execute(select(Model).where(Model.name == model_name)).scalar_one()
+        takeable = [St.awaiting_compose, St.composing] if resume else [St.awaiting_compose]
         waiting = s.execute(
-            select(Request).where(Request.model_id == model.id, Request.status == St.awaiting_compose)
+            select(Request).where(Request.model_id == model.id, Request.status.in_(takeable))
             .order_by(func.coalesce(Request.extended_due_at, Request.due_at), Request.id).limit(max_batch)
         ).scalars().all()
         if not waiting:
@@ -354,7 +354,7 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16) -> str | None:
         for request in waiting:
             adapter = s.execute(
                 select(Adapter).join(AdapterRequest, AdapterRequest.adapter_id == Adapter.id)
-                .where(AdapterRequest.request_id == request.id, Adapter.status == "trained")
+                .where(AdapterRequest.request_id == request.id, Adapter.status.in_(["trained", "composed"]))
                 .order_by(Adapter.id.desc()).limit(1)
             ).scalar_one()
             pairs.append((request.public_id, adapter.sha256))
@@ -378,13 +378,14 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16) -> str | None:
         good = []
         for public_id, sha in pairs:
             request = _lock_request(s, public_id)
-            if request.status is not St.awaiting_compose:
+            if request.status not in takeable:
                 continue
             if public_id in corrupt:
                 _fail(s, request, reason_code="integrity", reason=corrupt[public_id], now=now, actor="system:composer")
-            else:
+                continue
+            if request.status is St.awaiting_compose:
                 lifecycle.move(s, request, St.composing, actor="system:composer", now=now, policy=None, reason_code="composing")
-                good.append((public_id, sha))
+            good.append((public_id, sha))
     if not good:
         return None
 
@@ -458,8 +459,7 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
     """Verify the newest candidate against all requests it carries (sustainability: earlier requests must
     stay forgotten) with each request's policy; promote it only if every check passes."""
     from forgetd.families import family_module
-    from forgetd.verify.causal_lm import evaluate
-    from forgetd.verify.checks import CHECKERS, failing
+    from forgetd.verify.checks import failing
 
     with ctx.session() as s:
         model = s.execute(select(Model).where(Model.name == model_name)).scalar_one()
@@ -484,9 +484,9 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
     base = _load_base(ctx, model)  # once for all targets, not once per request
     results = []
     for public_id, policy, data in targets:
-        metrics = evaluate(merged, tokenizer, data)
-        original = evaluate(*base, data)
-        checks = CHECKERS[model.family](metrics, original, policy.verification.thresholds())
+        original = family.evaluate(*base, data)
+        metrics = family.evaluate(merged, tokenizer, data, original=original)
+        checks = family.checks(metrics, original, policy.verification.thresholds())
         results.append((public_id, metrics, original, checks))
     evidence = _store_evidence(ctx, {"checkpoint": candidate_id, "results": [
         {"request": pid, "metrics": m, "original": o, "checks": [c.__dict__ for c in cs]} for pid, m, o, cs in results]})
@@ -516,6 +516,7 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
         for public_id in verifying_ids:
             request = _lock_request(s, public_id)
             lifecycle.move(s, request, St.completed, actor="system:verifier", now=now, policy=None, reason_code="verified")
+            erase_explanations(s, request, now=now, actor="system:verifier")
             serving.add_edge(s, serving.checkpoint_ref(candidate), "fulfils", ("request", public_id), now=now)
         for entry in candidate.manifest.get("adapters", []):
             adapter = s.execute(select(Adapter).where(Adapter.sha256 == entry["sha256"])).scalar_one_or_none()
@@ -523,77 +524,3 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
                 adapter.status = "composed"
         serving.move_alias(s, model, candidate, actor="system:verifier", reason_code="verified", now=now)
         return verifying_ids
-
-
-# --- the whole pipeline, synchronously ---------------------------------------------------------------
-
-
-def _recipe_batch(ctx, model_id: int, policy_name: str) -> int:
-    """How many requests one adapter may forget together (the recipe's `train.batch_requests`)."""
-    from forgetd.training.registry import get_recipe
-
-    with ctx.session() as s:
-        family = s.get(Model, model_id).family
-    recipe_name = _policy(ctx, policy_name).recipes.get(family)
-    if recipe_name is None:
-        return 1
-    return get_recipe(ctx.settings.adapters_dir, recipe_name).train.batch_requests
-
-
-def run_until_idle(ctx, *, now_fn, progress: Progress | None = None, max_rounds: int = 200) -> TickReport:
-    report = TickReport()
-
-    def note(event: dict[str, Any]) -> None:
-        if progress:
-            progress(event)
-
-    for _ in range(max_rounds):
-        round_report = TickReport()
-        round_report.scheduled = schedule(ctx, now=now_fn())
-        with ctx.session() as s:
-            scheduled = s.execute(
-                select(Request.public_id, Request.model_id, Request.policy).where(Request.status == St.scheduled)
-                .order_by(func.coalesce(Request.extended_due_at, Request.due_at), Request.id)
-            ).all()
-        # One batch per model per round: the next one is trained against the checkpoint that already
-        # carries this one's forgetting (continual), instead of several adapters trained blind to each other.
-        batches: dict[int, list[str]] = {}
-        batch_policy: dict[int, str] = {}
-        for public_id, model_id, policy_name in scheduled:
-            if batch_policy.setdefault(model_id, policy_name) != policy_name:
-                continue
-            batch = batches.setdefault(model_id, [])
-            if len(batch) < _recipe_batch(ctx, model_id, policy_name):
-                batch.append(public_id)
-        for batch in batches.values():
-            label = batch[0] if len(batch) == 1 else f"{batch[0]} +{len(batch) - 1}"
-            note({"stage": "train", "request": label})
-            sha = train(ctx, batch, now_fn=now_fn, progress=lambda e, p=label: note({"stage": "train", "request": p, **e}))
-            if sha:
-                round_report.trained.extend(batch)
-            else:
-                round_report.failed.extend({"request": pid, "stage": "train"} for pid in batch)
-        with ctx.session() as s:
-            to_evaluate = list(s.execute(select(Request.public_id).where(Request.status == St.evaluating)).scalars())
-        for public_id in to_evaluate:
-            note({"stage": "evaluate", "request": public_id})
-            ok = evaluate_adapter(ctx, public_id, now_fn=now_fn)
-            (round_report.evaluated.append(public_id) if ok else round_report.failed.append({"request": public_id, "stage": "evaluate"}))
-        with ctx.session() as s:
-            models = list(s.execute(
-                select(Model.name).join(Request, Request.model_id == Model.id)
-                .where(Request.status.in_([St.awaiting_compose, St.verifying])).distinct()
-            ).scalars())
-        for name in models:
-            note({"stage": "compose", "model": name})
-            candidate = compose(ctx, name, now_fn=now_fn)
-            if candidate:
-                round_report.candidates.append(candidate)
-            note({"stage": "verify", "model": name})
-            done = verify_and_promote(ctx, name, now_fn=now_fn)
-            round_report.completed += done
-        for key in ("scheduled", "trained", "evaluated", "candidates", "completed", "failed"):
-            getattr(report, key).extend(getattr(round_report, key))
-        if round_report.idle:
-            break
-    return report

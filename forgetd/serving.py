@@ -159,6 +159,11 @@ def move_alias(
     s.add(history)
     add_edge(s, checkpoint_ref(checkpoint), "served_as", ("alias", f"{model.name}:{alias}"), now=now)
     s.flush()
+    # Every move re-checks the model's live explanation records on the new checkpoint (DESIGN 11).
+    from forgetd.jobs import queue
+
+    queue.enqueue(s, "revalidate", now=now, model_id=model.id, args={"checkpoint_id": checkpoint.id},
+                  dedupe_key=f"revalidate:{model.id}:{checkpoint.id}", priority=60)
     audit.append(
         s,
         actor=actor,

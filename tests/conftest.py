@@ -232,3 +232,45 @@ def run_cli(args: list[str], env: dict[str, str], *, input: str | None = None, c
         cwd=cwd,
         timeout=120,
     )
+
+
+# --- the tiny causal LM the pipeline, queue and service tests share ----------------------------------
+
+POLICY = """
+name: {name}
+applies_to: {{kind: data}}
+deadline: {{rule: calendar-month, extension_max: P2M}}
+identity_required: false
+approval: {{required: false}}
+recipes: {{causal_lm: npo-lora}}
+verification: {{forget_qa_acc_max_over_reference: {qa}, retain_acc_min_ratio: {retain}, mia_auc_max_dev: {mia}}}
+compose: {{cadence: "*/15 * * * *", max_batch: 16}}
+retention: {{shred_payload_after: P30D}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A small people corpus and a 2-layer Llama trained on it for a few seconds (cached per run)."""
+    from forgetd.demo.people import PeopleCorpusConfig
+    from forgetd.demo.tiny_lm import TinyLMConfig, ensure_tiny_lm, load_demo_corpus
+    from forgetd.demo.llm_dataset import write_corpus_dataset
+
+    cfg = TinyLMConfig(
+        corpus=PeopleCorpusConfig(seed=3, n_people=30, n_holdout=8, n_forget_candidates=6),
+        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, batch_rows=4, lr=3e-3,
+        max_steps=150, eval_every=50, target_qa=0.9,
+    )
+    root = tmp_path_factory.mktemp("tiny-lm")
+    model_dir = ensure_tiny_lm(root, cfg, threads=2)
+    corpus = load_demo_corpus(model_dir)
+    dataset = write_corpus_dataset(corpus, root / "dataset.json")
+    return model_dir, dataset, [p.id for p in corpus.forget_candidates]
+
+
+def edit_recipe(path: Path, **train) -> None:
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text())
+    recipe["train"].update(train)
+    path.write_text(yaml.safe_dump(recipe))

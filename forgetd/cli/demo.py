@@ -38,6 +38,8 @@ def demo(home: Path | None, no_models: bool, as_json: bool) -> None:
     )
     if result["llm"]:
         _print_llm(result["llm"])
+    if result.get("vision"):
+        _print_vision(result["vision"])
     if not result["audit"]["ok"]:
         raise click.ClickException("audit trail verification failed")
 
@@ -62,3 +64,23 @@ def _print_llm(llm: dict) -> None:
     for r in llm["requests"]:
         if r["status"] != "completed":
             click.echo(f"{r['id']}: {r['status']} ({r['reason']})")
+
+
+def _print_vision(vision: dict) -> None:
+    click.echo("")
+    click.echo("demo-digits (tiny ViT on scikit-learn's digits, test split), one request per class:")
+    rows = [{"after": "original (v0)", **_vision_row(vision["before"], vision["classes"])}]
+    for step in vision["steps"]:
+        rows.append({"after": f"forget {step['label']} (v{step['served_version']}, {step['status']})",
+                     **_vision_row(step["after"], vision["classes"])})
+    emit_table(rows, ["after", *[f"acc_{c}" for c in vision["classes"]], "acc_retain", "h_mean"])
+    for step in vision["steps"]:
+        if step["status"] != "completed":
+            click.echo(f"{step['request']}: {step['status']} ({step['reason']})")
+
+
+def _vision_row(metrics: dict, classes: list[int]) -> dict:
+    row = {f"acc_{c}": f"{metrics.get(f'forget_acc_c{c}', float('nan')):.3f}" for c in classes}
+    row["acc_retain"] = f"{metrics['retain_acc']:.3f}"
+    row["h_mean"] = f"{metrics['h_mean']:.3f}" if "h_mean" in metrics else "-"
+    return row

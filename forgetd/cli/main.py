@@ -16,10 +16,14 @@ from forgetd.cli.audit import audit
 from forgetd.cli.checkpoints import checkpoint
 from forgetd.cli.db import db, init
 from forgetd.cli.demo import demo
+from forgetd.cli.explain import explain
+from forgetd.cli.jobs import job
 from forgetd.cli.lineage import lineage
 from forgetd.cli.models import model
 from forgetd.cli.policies import policy
 from forgetd.cli.requests import request
+from forgetd.cli.serve import serve
+from forgetd.cli.status import status
 from forgetd.cli.sweep import sweep
 from forgetd.cli.tick import tick
 
@@ -44,7 +48,8 @@ def cli(operator: str | None) -> None:
     """
 
 
-for command in (init, db, model, request, tick, checkpoint, lineage, policy, audit, sweep, demo):
+for command in (init, db, model, request, tick, job, serve, status, checkpoint, lineage, policy, audit, sweep, demo,
+                explain):
     cli.add_command(command)
 
 

@@ -224,6 +224,22 @@ _with_reason(
 
 @request.command()
 @click.argument("request_id", metavar="ID")
+@click.option("--from", "step", type=click.Choice(["train", "evaluate", "compose"]),
+              help="Step to resume at (default: the one that failed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.pass_context
+def retry(ctx, request_id, step, as_json) -> None:
+    """Put a failed request back into the pipeline; the next tick or the service picks it up.
+
+    Example: forgetd request retry rq_abcdefghijklmnop --from train
+    """
+    from forgetd import api
+
+    _report(api.request_retry(api_context(ctx), request_id, step), as_json)
+
+
+@request.command()
+@click.argument("request_id", metavar="ID")
 @click.option("--months", required=True, type=click.IntRange(1, 2), help="Extension in months (at most 2, once).")
 @click.option("--reason", required=True, help="Why the extension is needed.")
 @click.option("--notified-at", help="When the subject was told of the extension (ISO 8601).")

@@ -22,7 +22,9 @@ def _printer(verbose: bool):
             click.echo(
                 f"  [{stage} {what}] [{'#' * done}{'.' * (bar_width - done)}] step {event['step']}/{event['max_steps']}"
                 f" loss {event['loss']:.3f}"
-                + (f" forget_qa {event['forget_qa_acc']:.2f} mia {event['mia_auc']:.2f}" if "mia_auc" in event else "")
+                + (f" forget_qa {event['forget_qa_acc']:.2f} mia {event['mia_auc']:.2f}" if "forget_qa_acc" in event and "mia_auc" in event else "")
+                + (f" forget_acc {event['forget_acc']:.2f} mia {event['mia_auc']:.2f}"
+                   if "forget_acc" in event and "mia_auc" in event else "")
                 + (f" trained_qa {event['trained_qa']:.2f}" if "trained_qa" in event else ""),
                 err=True,
             )

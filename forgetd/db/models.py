@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -284,3 +285,119 @@ class LineageEdge(Base):
         UniqueConstraint("src_kind", "src_id", "relation", "dst_kind", "dst_id", name="uq_lineage_edges_edge"),
         Index("ix_lineage_edges_dst", "dst_kind", "dst_id"),
     )
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "dead", "canceled")
+_LIVE = "status IN ('queued', 'running')"
+_RUNNING = "status = 'running'"
+
+
+class Job(Base):
+    """One unit of pipeline work (DESIGN 8). The database is the queue: a claim takes a lease, the
+    attempt number is the fencing token, and every effect of a job is published under its lease."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    request_ids: Mapped[list] = mapped_column(JSON)  # public ids only: nothing personal in job arguments
+    args: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(_str_enum(JOB_STATUSES, "job_status"))
+    priority: Mapped[int] = mapped_column(Integer)
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200))
+    lock_key: Mapped[str | None] = mapped_column(String(128))
+    executor: Mapped[str | None] = mapped_column(String(16))
+    executor_ref: Mapped[str | None] = mapped_column(String(200))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict | None] = mapped_column(JSON)
+    log_uri: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_jobs_claim", "status", "priority", "run_after", "id"),
+        Index("uq_jobs_dedupe_live", "dedupe_key", unique=True,
+              postgresql_where=text(_LIVE), sqlite_where=text(_LIVE)),
+        Index("uq_jobs_lock_running", "lock_key", unique=True,
+              postgresql_where=text(_RUNNING), sqlite_where=text(_RUNNING)),
+    )
+
+
+class JobEvent(Base):
+    """Append-only: every claim, heartbeat gap, retry, lease loss and completion of every job."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_job_events_job_id", "job_id", "id"),)
+
+
+EXPLANATION_STATUSES = ("VALID", "AT_RISK", "INVALIDATED", "REISSUED", "ERASED")
+EXPLANATION_KINDS = ("counterfactual", "attribution")
+EXPLANATION_CHECK_STATUSES = ("VALID", "AT_RISK", "INVALIDATED")
+
+
+class Explanation(Base):
+    """An explanation issued to a person (DESIGN 11). The record itself is sealed with its own data key
+    (erasing the subject destroys the key); only settings, robustness parameters, the noise floor and the
+    issued margin are kept in the clear."""
+
+    __tablename__ = "explanations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))  # issued under
+    subject_ref: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(_str_enum(EXPLANATION_KINDS, "explanation_kind"))
+    status: Mapped[str] = mapped_column(_str_enum(EXPLANATION_STATUSES, "explanation_status"))
+    settings: Mapped[dict] = mapped_column(JSON)
+    robustness: Mapped[dict | None] = mapped_column(JSON)
+    noise_floor: Mapped[dict | None] = mapped_column(JSON)
+    issued_margin: Mapped[float | None] = mapped_column(Float)
+    payload_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    payload_bytes: Mapped[int] = mapped_column(Integer)
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary)
+    issued_by: Mapped[str] = mapped_column(String(128))
+    reissued_as_id: Mapped[int | None] = mapped_column(ForeignKey("explanations.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    model: Mapped[Model] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (Index("ix_explanations_model_status", "model_id", "status"),)
+
+
+class ExplanationCheck(Base):
+    """Append-only: one re-check of one record on one checkpoint. Nothing personal (no features)."""
+
+    __tablename__ = "explanation_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    explanation_id: Mapped[int] = mapped_column(ForeignKey("explanations.id"))
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"), index=True)
+    status: Mapped[str] = mapped_column(_str_enum(EXPLANATION_CHECK_STATUSES, "explanation_check_status"))
+    margin: Mapped[float | None] = mapped_column(Float)
+    spearman: Mapped[float | None] = mapped_column(Float)
+    topk: Mapped[float | None] = mapped_column(Float)
+    decision_changed: Mapped[bool | None] = mapped_column(Boolean)
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_explanation_checks_explanation_id", "explanation_id", "id"),)

@@ -109,7 +109,7 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
         swept = api.sweep(as_("alice"))
         verify = api.audit_verify(as_("alice"))
         steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
-        llm = None
+        llm = vision = None
         if with_models:
             from forgetd.demo import llm as llm_demo
 
@@ -117,10 +117,18 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
             steps.append(
                 f"demo-lm: {len(llm['requests'])} erasure requests ticked through; prod serves v{llm['served_version']}"
             )
+            from forgetd.demo import vision as vision_demo
+
+            vision = vision_demo.run(as_, base.cache_dir, progress=progress)
+            steps.append(
+                f"demo-digits: classes {', '.join(map(str, vision['classes']))} forgotten one request at a time; "
+                f"prod serves v{vision['steps'][-1]['served_version']}"
+            )
             verify = api.audit_verify(as_("alice"))
             steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
         requests = api.request_list(as_("alice"))
-        return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify, "llm": llm}
+        return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify, "llm": llm,
+                "vision": vision}
     finally:
         for ctx in ctxs.values():
             ctx.close()

@@ -9,6 +9,8 @@ from forgetd.errors import DomainError
 
 _FAMILY_MODULES = {
     "causal_lm": "forgetd.families.causal_lm",
+    "tabular_classifier": "forgetd.families.tabular_classifier",
+    "image_classifier": "forgetd.families.image_classifier",
 }
 
 

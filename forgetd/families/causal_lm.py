@@ -137,3 +137,16 @@ def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain:
         reference_qa=dataset.qa_of(reference_ids) if dataset else [],
         general_texts=list(dataset.general) if dataset else [],
     )
+
+
+def evaluate(model, tokenizer, data: ForgetData, *, original: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The family surface the pipeline calls (DESIGN 11 metrics; `original` is unused here)."""
+    from forgetd.verify.causal_lm import evaluate as _evaluate
+
+    return _evaluate(model, tokenizer, data)
+
+
+def checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[str, float]):
+    from forgetd.verify.checks import causal_lm_checks
+
+    return causal_lm_checks(metrics, original, thresholds)

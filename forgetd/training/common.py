@@ -174,10 +174,14 @@ class BestSnapshot:
 
 
 def lora_config(model, spec) -> Any:
-    """peft LoraConfig for a recipe's adapter spec; plain LoRA only (exact composition)."""
+    """peft LoraConfig for a recipe's adapter spec; plain LoRA only (exact composition). Target modules come
+    from the family that owns the model's architecture."""
     from peft import LoraConfig
 
-    from forgetd.families.causal_lm import lora_targets
+    if getattr(model.config, "model_type", None) == "vit":
+        from forgetd.families.image_classifier import lora_targets
+    else:
+        from forgetd.families.causal_lm import lora_targets
 
     targets, fan_in_fan_out = lora_targets(model, spec.target)
     return LoraConfig(

@@ -13,12 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from forgetd.enums import FAMILY_VALUES
 from forgetd.errors import InputError, NotFoundError
 
+# Recipes whose `train()` takes an `anchor` model (the pristine base) for the retain term.
+ANCHORED = frozenset({"forgetd.training.recipes.npo_lora"})
+
 # The only modules a YAML file may name. Adding a recipe means adding it here, in review.
 RECIPE_MODULES = {
     "forgetd.training.recipes.npo_lora": "causal_lm",
     "forgetd.training.recipes.graddiff_lora": "causal_lm",
     "forgetd.training.recipes.simnpo_lora": "causal_lm",
     "forgetd.training.recipes.ga_full": "causal_lm",
+    "forgetd.training.recipes.graddiff_tabular": "tabular_classifier",
+    "forgetd.training.recipes.gs_lora": "image_classifier",
+    "forgetd.training.recipes.ga_full_vision": "image_classifier",
 }
 
 
@@ -59,9 +65,22 @@ class TrainSpec(BaseModel):
     # Half of each retain batch from retain QA pairs that share an answer with the forget set: the
     # knowledge most at risk of going with it.
     retain_neighbours: bool = False
+    # What the retain KL anchors to: the checkpoint the adapter starts from, or the pristine base (recipes
+    # that take an `anchor` model only; see ANCHORED).
+    retain_anchor: Literal["start", "base"] = "start"
     max_grad_norm: float = Field(default=1.0, gt=0)
     loss_explode: float = Field(default=1e4, gt=0)
     seed: int = 0
+    # GS-LoRA (image classifiers): CE_r + β·ReLU(bnd − CE_f) + α·Σ_g ‖θ_g‖₂, with β = `beta`, α = `group_alpha`
+    # after `warmup_steps` (0 before), groups whose ΔW norm falls below `prune_threshold` (relative to the
+    # largest group's) dropped from the stored adapter, and GS-LoRA++'s prototype terms with `prototype`.
+    bnd: float = Field(default=5.0, gt=0)
+    group_alpha: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    prune_threshold: float = Field(default=0.0, ge=0, le=1)
+    prototype: bool = False
+    prototype_weight: float = Field(default=1.0, ge=0)
+    stop_forget_acc: float = Field(default=0.0, ge=0, le=1)  # calibration forget accuracy that counts as forgotten
 
 
 class AdapterRecipe(BaseModel):
@@ -81,6 +100,8 @@ class AdapterRecipe(BaseModel):
             raise ValueError(f"recipe {self.recipe!r} is not in the registry allowlist")
         if family != self.family:
             raise ValueError(f"recipe {self.recipe} is for family {family}, not {self.family}")
+        if self.train.retain_anchor == "base" and self.recipe not in ANCHORED:
+            raise ValueError(f"train.retain_anchor: base is not supported by {self.recipe}")
         return self
 
     @property

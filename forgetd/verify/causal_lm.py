@@ -107,8 +107,8 @@ def min_k_scores(model, tokenizer, texts: Sequence[str], *, k: float = 0.4) -> l
 
 def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U)."""
-    if not positives or not negatives:
-        return float("nan")
+    if not positives or not negatives or any(math.isnan(v) for v in (*positives, *negatives)):
+        return float("nan")  # NaN never equals itself: the tie loop below would not advance
     ranked = sorted([(v, 1) for v in positives] + [(v, 0) for v in negatives])
     rank_sum, i = 0.0, 0
     while i < len(ranked):

@@ -133,6 +133,8 @@ VALUES = {
     "version": "1",
     "path": "{model_dir}",
     "file": "{tickets}",
+    "explanation_id": "ex_aaaaaaaaaaaaaaaa",
+    "input_file": "{features}",
 }
 # Whole argument lists where the name-based filling above is not enough.
 OVERRIDES: dict[tuple[str, ...], list[str]] = {
@@ -189,7 +191,10 @@ def test_database_commands_refuse_an_out_of_date_schema(tmp_path):
     (tmp_path / "home" / "data").mkdir(parents=True)
     tickets = tmp_path / "t.jsonl"
     tickets.write_text(json.dumps({"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "a@example.org"}) + "\n")
-    fill = {"{model_dir}": str(make_model_dir(tmp_path / "model")), "{tickets}": str(tickets)}
+    features = tmp_path / "person.json"
+    features.write_text(json.dumps({"age": 40, "income": 50000}))
+    fill = {"{model_dir}": str(make_model_dir(tmp_path / "model")), "{tickets}": str(tickets),
+            "{features}": str(features)}
     argvs = [[fill.get(a, a) for a in _well_formed_args(p, c)] for p, c in sorted(_database_commands().items())]
     with ThreadPoolExecutor(max_workers=4) as pool:  # independent read-only processes
         results = list(pool.map(lambda argv: run_cli(argv, env), argvs))

@@ -18,48 +18,9 @@ from sqlalchemy import select  # noqa: E402
 from forgetd import api, pipeline  # noqa: E402
 from forgetd.db.models import Checkpoint  # noqa: E402
 from forgetd.errors import DomainError  # noqa: E402
+from tests.conftest import POLICY, edit_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-
-POLICY = """
-name: {name}
-applies_to: {{kind: data}}
-deadline: {{rule: calendar-month, extension_max: P2M}}
-identity_required: false
-approval: {{required: false}}
-recipes: {{causal_lm: npo-lora}}
-verification: {{forget_qa_acc_max_over_reference: {qa}, retain_acc_min_ratio: {retain}, mia_auc_max_dev: {mia}}}
-compose: {{cadence: "*/15 * * * *", max_batch: 16}}
-retention: {{shred_payload_after: P30D}}
-"""
-
-
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory):
-    """A small people corpus and a 2-layer Llama trained on it for a few seconds (cached per run)."""
-    from forgetd.demo.people import PeopleCorpusConfig
-    from forgetd.demo.tiny_lm import TinyLMConfig, ensure_tiny_lm, load_demo_corpus
-    from forgetd.demo.llm_dataset import write_corpus_dataset
-
-    cfg = TinyLMConfig(
-        corpus=PeopleCorpusConfig(seed=3, n_people=30, n_holdout=8, n_forget_candidates=6),
-        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, batch_rows=4, lr=3e-3,
-        max_steps=150, eval_every=50, target_qa=0.9,
-    )
-    root = tmp_path_factory.mktemp("tiny-lm")
-    model_dir = ensure_tiny_lm(root, cfg, threads=2)
-    corpus = load_demo_corpus(model_dir)
-    dataset = write_corpus_dataset(corpus, root / "dataset.json")
-    return model_dir, dataset, [p.id for p in corpus.forget_candidates]
-
-
-def _edit_recipe(path: Path, **train) -> None:
-    import yaml
-
-    recipe = yaml.safe_load(path.read_text())
-    recipe["train"].update(train)
-    path.write_text(yaml.safe_dump(recipe))
-
 
 @pytest.fixture
 def db_url(sqlite_url):
@@ -75,7 +36,7 @@ def pipe(settings, tmp_path, tiny_lm):
     (policies / "strict.yaml").write_text(POLICY.format(name="strict", qa=1.0, retain=1.5, mia=0.5))
     adapters = tmp_path / "adapters"
     shutil.copytree(REPO / "adapters", adapters)
-    _edit_recipe(adapters / "npo-lora.yaml", max_steps=6)
+    edit_recipe(adapters / "npo-lora.yaml", max_steps=6)
     ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters))
     model_dir, dataset, people = tiny_lm
     api.model_register(ctx, "lm", "causal_lm", str(model_dir), dataset=str(dataset))
@@ -118,7 +79,7 @@ def test_requests_complete_through_one_verified_checkpoint(pipe):
 
 def test_requests_queued_together_can_share_one_adapter(pipe):
     ctx, people = pipe
-    _edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", batch_requests=8)
+    edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", batch_requests=8)
     first, second = _submit(ctx, people[0]), _submit(ctx, people[1])
     report = api.tick(ctx)
     assert sorted(report["completed"]) == sorted([first, second]) and report["candidates"] == ["lm@v1"]
@@ -192,7 +153,7 @@ def test_rollback_that_would_resurrect_data_is_refused(pipe):
 
 def test_a_diverging_run_fails_and_stores_nothing(pipe):
     ctx, people = pipe
-    _edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", loss_explode=1.0e-9)
+    edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", loss_explode=1.0e-9)
     public_id = _submit(ctx, people[0])
     report = api.tick(ctx)
     assert report["failed"] == [{"request": public_id, "stage": "train"}]

@@ -16,6 +16,7 @@ from tests.conftest import MIGRATIONS, REPO
 TABLES = {
     "models", "requests", "request_transitions", "audit_events", "audit_chain_head", "checkpoints", "adapters",
     "adapter_requests", "checkpoint_coverage", "aliases", "alias_history", "evaluations", "lineage_edges",
+    "jobs", "job_events", "explanations", "explanation_checks",
 }
 VIEWS = {"v_request_status", "v_audit_trail"}
 

@@ -36,7 +36,7 @@ def test_the_four_shipped_policies_load():
     assert gdpr.applies_to.kind == "data" and gdpr.identity_required
     assert gdpr.approval.required and gdpr.approval.four_eyes
     assert gdpr.recipes == {
-        "causal_lm": "npo-lora", "tabular_classifier": "graddiff-lora", "image_classifier": "gs-lora"}
+        "causal_lm": "npo-lora", "tabular_classifier": "graddiff-lora-tabular", "image_classifier": "gs-lora"}
     assert gdpr.verification.thresholds() == {
         "forget_qa_acc_max_over_reference": 0.05, "retain_acc_min_ratio": 0.95, "mia_auc_max_dev": 0.10}
     assert gdpr.deadline.extension_max_duration == Duration(months=2)

@@ -2,7 +2,10 @@
 
 loss = −(2/β)·mean log σ(β·(NLL_θ(f) − NLL_ref(f)))  +  α·R
 where f are forget sequences, ref is the same model with the adapter switched off (no second copy),
-and R is either CE on retain text or KL(p_ref ‖ p_θ) on it (`train.retain_loss`).
+and R is either CE on retain text or KL(p_ref ‖ p_θ) on it (`train.retain_loss`). With
+`train.retain_anchor: base` the KL is taken to the pristine base model (passed as `anchor`) instead of the
+checkpoint the adapter starts from: in continual forgetting each adapter then repairs the retain drift of
+the earlier ones instead of carrying it forward.
 Stops when the forget set looks like the reference set (`train.stop: reference`) or after max_steps.
 
 Gating (`train.gate`): the forget texts and the forget QA answers are two objectives that converge at
@@ -37,7 +40,8 @@ from forgetd.training.common import (
 )
 
 
-def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress | None = None,
+          anchor=None) -> dict[str, Any]:
     import torch
     from peft import get_peft_model
 
@@ -93,8 +97,12 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 batch = sample(rng, retain, size)
             r_ids, r_mask, r_labels = pad(batch, pad_id)
             if spec.retain_loss == "kl":
-                with torch.no_grad(), model.disable_adapter():
-                    ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
+                with torch.no_grad():
+                    if anchor is not None:
+                        ref_logits = anchor(input_ids=r_ids, attention_mask=r_mask).logits
+                    else:
+                        with model.disable_adapter():
+                            ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
                 loss = loss + spec.retain_weight * retain_kl(model, r_ids, r_mask, ref_logits)
             else:
                 loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
