@@ -42,7 +42,7 @@ def _context(settings, tmp_path, policy: str, recipe_edits: dict[str, dict]):
     return api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters))
 
 
-def _served_metrics(ctx, family_name: str, model: str, payloads: list[dict]):
+def _served_metrics(ctx, family_name: str, model: str, payloads: list[dict], *, version: int | None = None):
     from forgetd import pipeline
     from forgetd.datasets import load_dataset_file
     from forgetd.db.models import Checkpoint, Model
@@ -53,7 +53,7 @@ def _served_metrics(ctx, family_name: str, model: str, payloads: list[dict]):
     with ctx.session() as s:
         m = s.execute(select(Model).where(Model.name == model)).scalar_one()
         served = [c for c in s.execute(select(Checkpoint).where(Checkpoint.model_id == m.id)).scalars()
-                  if c.status == "served"][0]
+                  if (c.status == "served" if version is None else c.version == version)][0]
         weights = pipeline.checkpoint_dir(ctx, served)
         dataset = load_dataset_file(ctx.store.open_dir("dataset", m.dataset_sha256) / "dataset.json")
     data = family.forget_data(dataset, payloads).verification_half()
@@ -115,5 +115,33 @@ def test_a_tabular_model_forgets_a_subjects_rows(settings, tmp_path):
     assert served["version"] == 1 and served["covers"] == [request]
     subject_view = api.lineage_subject(ctx, f"{subject}@example.org")
     assert [s["contains_subject_data"] for s in subject_view["models"][0]["served"]] == [True, False]
+    assert api.audit_verify(ctx)["ok"]
+    ctx.close()
+
+
+def test_an_image_classifier_forgets_a_data_subjects_samples(settings, tmp_path):
+    import torch
+
+    from forgetd.datasets import load_dataset_file
+    from forgetd.demo import digits
+
+    torch.set_num_threads(1)
+    root = digits.ensure_digits_vit(tmp_path / "cache", digits.DigitsConfig(
+        hidden_size=32, num_heads=2, intermediate_size=64, epochs=15, lr=3e-3))
+    ctx = _context(settings, tmp_path, POLICY.format(
+        name="p", kind="data", family="image_classifier", recipe="gs-lora",
+        verification="{retain_acc_min_ratio: 0.9}"), {"gs-lora": {"warmup_steps": 40, "max_steps": 60}})
+    api.model_register(ctx, "digits", "image_classifier", str(digits.model_path(root)),
+                       dataset=str(digits.dataset_path(root)))
+    samples = load_dataset_file(digits.dataset_path(root)).retain[:20]
+    request = api.request_submit(ctx, {"model": "digits", "policy": "p", "subject": "uploader@example.org",
+                                       "forget": {"corpus_ids": samples}})["id"]
+    report = api.tick(ctx)
+    assert report["completed"] == [request], report
+    served = [c for c in api.checkpoint_list(ctx, "digits") if "prod" in c["aliases"]][0]
+    assert served["version"] == 1 and served["covers"] == [request]
+    metrics = _served_metrics(ctx, "image_classifier", "digits", [{"corpus_ids": samples}])
+    before = _served_metrics(ctx, "image_classifier", "digits", [{"corpus_ids": samples}], version=0)
+    assert metrics["data_acc"] < before["data_acc"] and metrics["retain_acc"] >= 0.9 * before["retain_acc"]
     assert api.audit_verify(ctx)["ok"]
     ctx.close()
