@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from forgetd.api import utcnow
 from forgetd.lifecycle import RequestStatus as St
 
 Progress = Callable[[dict[str, Any]], None]
@@ -33,23 +34,17 @@ def _model_name(ctx, model_id: int) -> str:
         return s.get(Model, model_id).name
 
 
-def _now():
-    from forgetd.api import utcnow
-
-    return utcnow()
-
-
 def _train(ctx, claim, progress: Progress | None) -> dict[str, Any]:
     from forgetd import pipeline
 
-    sha = pipeline.train(ctx, list(claim.request_ids), now_fn=_now, progress=progress, resume=True)
+    sha = pipeline.train(ctx, list(claim.request_ids), now_fn=utcnow, progress=progress, resume=True)
     return {"adapter": sha, "requests": list(claim.request_ids)}
 
 
 def _evaluate(ctx, claim, progress: Progress | None) -> dict[str, Any]:
     from forgetd import pipeline
 
-    passed = {pid: pipeline.evaluate_adapter(ctx, pid, now_fn=_now) for pid in claim.request_ids}
+    passed = {pid: pipeline.evaluate_adapter(ctx, pid, now_fn=utcnow) for pid in claim.request_ids}
     return {"passed": [p for p, ok in passed.items() if ok], "requests": list(claim.request_ids)}
 
 
@@ -59,7 +54,7 @@ def _compose(ctx, claim, progress: Progress | None) -> dict[str, Any]:
     name = _model_name(ctx, claim.model_id)
     if progress:
         progress({"stage": "compose", "model": name})
-    return {"candidate": pipeline.compose(ctx, name, now_fn=_now, resume=True)}
+    return {"candidate": pipeline.compose(ctx, name, now_fn=utcnow, resume=True)}
 
 
 def _promote(ctx, claim, progress: Progress | None) -> dict[str, Any]:
@@ -68,7 +63,7 @@ def _promote(ctx, claim, progress: Progress | None) -> dict[str, Any]:
     name = _model_name(ctx, claim.model_id)
     if progress:
         progress({"stage": "verify", "model": name})
-    return {"completed": pipeline.verify_and_promote(ctx, name, now_fn=_now)}
+    return {"completed": pipeline.verify_and_promote(ctx, name, now_fn=utcnow)}
 
 
 def _revalidate(ctx, claim, progress: Progress | None) -> dict[str, Any]:

@@ -9,17 +9,12 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+from forgetd.api import utcnow
 from forgetd.jobs import queue
 from forgetd.jobs.kinds import KINDS, Progress, give_up
 from forgetd.jobs.queue import Backoff, Claim, LeaseLost
 
 LEASE_LOST = "lease_lost"
-
-
-def _now():
-    from forgetd.api import utcnow
-
-    return utcnow()
 
 
 class FencedContext:
@@ -37,7 +32,7 @@ class FencedContext:
     @contextlib.contextmanager
     def session(self) -> Iterator[Any]:
         with self._ctx.session() as s:
-            queue.fence(s, self._claim, now=_now())
+            queue.fence(s, self._claim, now=utcnow())
             yield s
 
 
@@ -55,7 +50,7 @@ class Heartbeat:
         while not self._stop.wait(interval):
             try:
                 with self._ctx.session() as s:
-                    if not queue.heartbeat(s, self._claim, now=_now()):
+                    if not queue.heartbeat(s, self._claim, now=utcnow()):
                         self.lost = True
                         return
             except Exception:  # a missed beat is survivable; the lease covers two more intervals
@@ -83,7 +78,7 @@ def settle_failure(ctx, claim: Claim, *, error: str, retryable: bool, backoff: B
     from forgetd.db.models import Job
 
     with ctx.session() as s:
-        now = _now()
+        now = utcnow()
         status = queue.fail(s, claim, now=now, error=error, retryable=retryable, backoff=backoff, log_uri=log_uri)
         if status in (queue.DEAD, queue.FAILED):
             give_up(s, s.get(Job, claim.job_id), now=now, actor="system:jobs", why=error)
@@ -112,7 +107,7 @@ def run_claim(ctx, claim: Claim, *, backoff: Backoff, progress: Progress | None 
                 _lost(ctx, claim)
             return status or LEASE_LOST, None
     with ctx.session() as s:
-        done = queue.complete(s, claim, now=_now(), result=result, log_uri=log_uri() if log_uri else None)
+        done = queue.complete(s, claim, now=utcnow(), result=result, log_uri=log_uri() if log_uri else None)
     if not done:
         _lost(ctx, claim)
         return LEASE_LOST, None
@@ -121,4 +116,4 @@ def run_claim(ctx, claim: Claim, *, backoff: Backoff, progress: Progress | None 
 
 def _lost(ctx, claim: Claim) -> None:
     with ctx.session() as s:
-        queue.event(s, claim.job_id, "lease_lost", attempt=claim.attempt, now=_now(), worker=claim.owner)
+        queue.event(s, claim.job_id, "lease_lost", attempt=claim.attempt, now=utcnow(), worker=claim.owner)

@@ -19,17 +19,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from forgetd.api import utcnow
 from forgetd.jobs import planner, queue
 from forgetd.jobs.queue import Backoff
 
 log = logging.getLogger("forgetd.serve")
 LEADER_LOCK_KEY = 0x666F7267657464  # "forgetd": the advisory-lock id every forgetd daemon agrees on
-
-
-def _now():
-    from forgetd.api import utcnow
-
-    return utcnow()
 
 
 def backoff_from_settings(settings) -> Backoff:
@@ -109,7 +104,7 @@ def reap(ctx, backoff: Backoff) -> list[tuple[int, str]]:
     from forgetd.jobs.kinds import give_up
 
     with ctx.session() as s:
-        now = _now()
+        now = utcnow()
         reaped = queue.reap(s, now=now, backoff=backoff)
         for job_id, status in reaped:
             if status == queue.DEAD:
@@ -123,7 +118,7 @@ def claim_next(ctx, owner: str, *, executor: str, kinds: tuple[str, ...] | None 
 
     try:
         with ctx.session() as s:
-            return queue.claim(s, owner, now=_now(), lease_seconds=ctx.settings.lease_seconds, executor=executor,
+            return queue.claim(s, owner, now=utcnow(), lease_seconds=ctx.settings.lease_seconds, executor=executor,
                                kinds=kinds)
     except IntegrityError:
         return None  # another daemon took the same merge lock a moment earlier: try again next loop
@@ -142,12 +137,12 @@ def run_until_idle(ctx, *, progress=None, max_jobs: int = 10_000) -> dict[str, A
     backoff = backoff_from_settings(ctx.settings)
     executor = InlineExecutor(slots=1, backoff=backoff)
     owner = worker_identity("tick")
-    started = _now()
+    started = utcnow()
     report: dict[str, Any] = {"scheduled": [], "trained": [], "evaluated": [], "candidates": [], "completed": [],
                               "failed": [], "jobs": []}
     reap(ctx, backoff)
     for _ in range(max_jobs):
-        plan = planner.plan(ctx, now=_now(), compose=planner.ALL, max_attempts=ctx.settings.max_attempts)
+        plan = planner.plan(ctx, now=utcnow(), compose=planner.ALL, max_attempts=ctx.settings.max_attempts)
         report["scheduled"] += plan.scheduled
         claim = claim_next(ctx, owner, executor="inline")
         if claim is None:
@@ -218,7 +213,7 @@ class Daemon:
 
         with self.ctx.session() as s:
             audit.append(s, actor="system:serve", action=action, resource_type="service", resource_id=self.id,
-                         payload=payload, at=_now())
+                         payload=payload, at=utcnow())
 
     def _become_leader(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -236,8 +231,8 @@ class Daemon:
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
         )
         o = self.options
-        scheduler.add_job(self._plan, IntervalTrigger(seconds=o.plan_seconds), id="plan", next_run_time=_now())
-        scheduler.add_job(self._sweep, IntervalTrigger(seconds=o.sweep_seconds), id="sweep", next_run_time=_now())
+        scheduler.add_job(self._plan, IntervalTrigger(seconds=o.plan_seconds), id="plan", next_run_time=utcnow())
+        scheduler.add_job(self._sweep, IntervalTrigger(seconds=o.sweep_seconds), id="sweep", next_run_time=utcnow())
         if o.compose_every:
             scheduler.add_job(self._plan, IntervalTrigger(seconds=o.compose_every), id="compose:all",
                               kwargs={"compose": planner.ALL})
@@ -262,7 +257,7 @@ class Daemon:
 
     def _plan(self, compose: set[str] | str = frozenset()) -> None:
         try:
-            planner.plan(self.ctx, now=_now(), compose=compose, max_attempts=self.ctx.settings.max_attempts)
+            planner.plan(self.ctx, now=utcnow(), compose=compose, max_attempts=self.ctx.settings.max_attempts)
         except Exception:
             log.exception("planning failed; the next trigger retries")
 
@@ -301,7 +296,7 @@ class Daemon:
         for job in running:
             if executor.adopt(self.ctx, job):
                 with self.ctx.session() as s:
-                    queue.event(s, job.id, "adopted", attempt=job.attempts, now=_now(), worker=self.id,
+                    queue.event(s, job.id, "adopted", attempt=job.attempts, now=utcnow(), worker=self.id,
                                 detail={"executor_ref": job.executor_ref})
                 log.info("adopted running job %s (%s)", job.id, job.executor_ref)
 

@@ -44,7 +44,6 @@ def _context(settings, tmp_path, policy: str, recipe_edits: dict[str, dict]):
 
 def _served_metrics(ctx, family_name: str, model: str, payloads: list[dict], *, version: int | None = None):
     from forgetd import pipeline
-    from forgetd.datasets import load_dataset_file
     from forgetd.db.models import Checkpoint, Model
     from forgetd.families import family_module
     from sqlalchemy import select
@@ -55,7 +54,7 @@ def _served_metrics(ctx, family_name: str, model: str, payloads: list[dict], *, 
         served = [c for c in s.execute(select(Checkpoint).where(Checkpoint.model_id == m.id)).scalars()
                   if (c.status == "served" if version is None else c.version == version)][0]
         weights = pipeline.checkpoint_dir(ctx, served)
-        dataset = load_dataset_file(ctx.store.open_dir("dataset", m.dataset_sha256) / "dataset.json")
+        dataset = pipeline._dataset(ctx, m)
     data = family.forget_data(dataset, payloads).verification_half()
     return family.evaluate(family.load_model(weights), None, data)
 

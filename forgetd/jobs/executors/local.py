@@ -12,15 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgetd.api import utcnow
 from forgetd.jobs import queue
 from forgetd.jobs.queue import Backoff, Claim
 from forgetd.jobs.runner import settle_failure
-
-
-def _now():
-    from forgetd.api import utcnow
-
-    return utcnow()
 
 
 STARTUP_SECONDS = 60.0  # the daemon keeps a new worker's lease alive while it imports torch & co.
@@ -91,7 +86,7 @@ class LocalExecutor:
                 if time.monotonic() - child.started < STARTUP_SECONDS:
                     # Until the worker's own heartbeat runs; after that a hung worker must lose its lease.
                     with ctx.session() as s:
-                        queue.heartbeat(s, child.claim, now=_now())
+                        queue.heartbeat(s, child.claim, now=utcnow())
                 continue
             del self._children[job_id]
             if code == 0:
@@ -125,7 +120,7 @@ class LocalExecutor:
                 _signal(child.proc, signal.SIGKILL)
                 child.proc.wait(timeout=5)
             with ctx.session() as s:
-                queue.release(s, child.claim, now=_now(), reason="shutdown")
+                queue.release(s, child.claim, now=utcnow(), reason="shutdown")
         self._children.clear()
 
 
