@@ -87,13 +87,26 @@ def _forget_data(ctx, s, model: Model, requests: list[Request]):
             Request.wrapped_dek.is_not(None),
         )
     ).scalars()
-    # record ids (data requests) and class labels (class requests) already being forgotten
+    # record ids (data requests), class labels (class requests) and concepts already being forgotten
     excluded: set = set()
     for r in others:
         payload = _payload(ctx, r)
         excluded |= set(payload.get("corpus_ids", []))
         excluded |= {int(label) for label in payload.get("labels", []) if str(label).lstrip("-").isdigit()}
+        if payload.get("concept"):
+            excluded.add(payload["concept"])
     return family.forget_data(dataset, [_payload(ctx, r) for r in requests], exclude_from_retain=excluded)
+
+
+def _composition(family):
+    """How a family's adapters are loaded and composed: its own functions where it has them (diffusers LoRA
+    on a text-to-image UNet), else forgetd.compose's peft ones. Same signatures, same exactness rules."""
+    from types import SimpleNamespace
+
+    from forgetd import compose
+
+    names = ("load_with_adapters", "build_merged_dir", "build_cat_adapter")
+    return SimpleNamespace(**{n: getattr(family, n, None) or getattr(compose, n) for n in names})
 
 
 def _fail(s, request: Request, *, reason_code: str, reason: str, now, actor: str) -> None:
@@ -283,7 +296,6 @@ def _load_base(ctx, model: Model):
 
 def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
     """Serve-time view of one adapter: the checkpoint it was trained against plus the adapter."""
-    from forgetd.compose import load_with_adapters
     from forgetd.families import family_module
     from forgetd.verify.checks import failing
 
@@ -309,7 +321,8 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
     family = family_module(model.family)
     tokenizer = family.load_tokenizer(weights_dir)
     original = family.evaluate(*_load_base(ctx, model), data)
-    metrics = family.evaluate(load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir]), tokenizer, data,
+    with_adapters = _composition(family).load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir])
+    metrics = family.evaluate(with_adapters, tokenizer, data,
                               original=original)
     checks = family.checks(metrics, original, policy.verification.thresholds())
     evidence = _store_evidence(ctx, {"request": public_id, "adapter": adapter_sha, "metrics": metrics,
@@ -337,7 +350,7 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
 def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool = False) -> str | None:
     """Build the candidate: served manifest + the adapters of every request awaiting composition. With
     `resume`, requests already `composing` (their job died mid-build) are taken too."""
-    from forgetd.compose import ManifestEntry, build_cat_adapter, build_merged_dir, content_id, library_versions
+    from forgetd.compose import ManifestEntry, content_id, library_versions
     from forgetd.families import family_module
 
     with ctx.session() as s:
@@ -405,8 +418,10 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool =
         try:
             dirs = [adapter_dirs[e.sha256] for e in manifest]
             weights = [e.weight for e in manifest]
-            out = build_merged_dir(lambda: family.load_model(base_dir), base_dir, dirs, weights, staging / "ckpt")
-            build_cat_adapter(lambda: family.load_model(base_dir), dirs, weights, out / COMPOSED_ADAPTER_DIR)
+            composition = _composition(family)
+            out = composition.build_merged_dir(lambda: family.load_model(base_dir), base_dir, dirs, weights,
+                                               staging / "ckpt")
+            composition.build_cat_adapter(lambda: family.load_model(base_dir), dirs, weights, out / COMPOSED_ADAPTER_DIR)
             digest = ctx.store.put_dir("checkpoint", out, move=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -513,14 +528,19 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
                 _fail(s, request, reason_code="checkpoint_verification_failed", reason=reason, now=now,
                       actor="system:verifier")
             return []
+        erased = 0
         for public_id in verifying_ids:
             request = _lock_request(s, public_id)
             lifecycle.move(s, request, St.completed, actor="system:verifier", now=now, policy=None, reason_code="verified")
-            erase_explanations(s, request, now=now, actor="system:verifier")
+            erased += erase_explanations(s, request, now=now, actor="system:verifier")
             serving.add_edge(s, serving.checkpoint_ref(candidate), "fulfils", ("request", public_id), now=now)
         for entry in candidate.manifest.get("adapters", []):
             adapter = s.execute(select(Adapter).where(Adapter.sha256 == entry["sha256"])).scalar_one_or_none()
             if adapter is not None and adapter.status == "trained":
                 adapter.status = "composed"
         serving.move_alias(s, model, candidate, actor="system:verifier", reason_code="verified", now=now)
-        return verifying_ids
+    if erased:
+        from forgetd.db.engine import compact_sqlite_wal
+
+        compact_sqlite_wal(ctx.engine)  # the erased records' keys must not survive in the WAL
+    return verifying_ids

@@ -167,6 +167,9 @@ class Verification(_Strict):
     synonym_erase_rate_max: _Threshold
     other_acc_min_ratio: _Threshold
     forget_acc_max: _Threshold
+    # tabular data erasure: the forget rows' loss against the influence leave-out estimate (replaces the
+    # population checks for that family; see families.tabular_classifier.checks)
+    leave_out_loss_min_ratio: _Threshold
 
     def thresholds(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

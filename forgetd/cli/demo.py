@@ -40,6 +40,8 @@ def demo(home: Path | None, no_models: bool, as_json: bool) -> None:
         _print_llm(result["llm"])
     if result.get("vision"):
         _print_vision(result["vision"])
+    if result.get("explanations"):
+        _print_explanations(result["explanations"])
     if not result["audit"]["ok"]:
         raise click.ClickException("audit trail verification failed")
 
@@ -84,3 +86,17 @@ def _vision_row(metrics: dict, classes: list[int]) -> dict:
     row["acc_retain"] = f"{metrics['retain_acc']:.3f}"
     row["h_mean"] = f"{metrics['h_mean']:.3f}" if "h_mean" in metrics else "-"
     return row
+
+
+def _print_explanations(ex: dict) -> None:
+    from forgetd.demo.credit_explanations import table
+
+    issued = ex["issued"]
+    click.echo("")
+    click.echo(
+        f"demo-credit: recourse for {issued['plain']['count']} rejected applications, plain (mean L2 cost "
+        f"{issued['plain']['mean_l2']:.2f}) and deletion-robust for any k={ex['k']} deletions, δ={ex['delta']:.3f} "
+        f"(mean L2 cost {issued['robust']['mean_l2']:.2f}); invalid records after each erasure request:"
+    )
+    for line in table(ex):
+        click.echo(line)

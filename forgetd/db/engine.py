@@ -73,3 +73,15 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+def compact_sqlite_wal(engine: Engine) -> None:
+    """Move the WAL into the main file and truncate it, so destroyed keys and ciphertexts leave no copy in
+    the WAL (a no-op on other databases)."""
+    if engine.dialect.name == "sqlite":
+        # Outside any transaction (BEGIN IMMEDIATE would lock the table against the checkpoint).
+        raw = engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()

@@ -109,7 +109,7 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
         swept = api.sweep(as_("alice"))
         verify = api.audit_verify(as_("alice"))
         steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
-        llm = vision = None
+        llm = vision = explanations = None
         if with_models:
             from forgetd.demo import llm as llm_demo
 
@@ -124,11 +124,19 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
                 f"demo-digits: classes {', '.join(map(str, vision['classes']))} forgotten one request at a time; "
                 f"prod serves v{vision['steps'][-1]['served_version']}"
             )
+            from forgetd.demo import credit_explanations
+
+            explanations = credit_explanations.run(as_, base.cache_dir, home)
+            steps.append(
+                f"demo-credit: {explanations['issued']['plain']['count']} plain and "
+                f"{explanations['issued']['robust']['count']} deletion-robust counterfactuals issued, "
+                f"{len(explanations['steps'])} data-erasure requests honoured, every record re-checked after each"
+            )
             verify = api.audit_verify(as_("alice"))
             steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
         requests = api.request_list(as_("alice"))
         return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify, "llm": llm,
-                "vision": vision}
+                "vision": vision, "explanations": explanations}
     finally:
         for ctx in ctxs.values():
             ctx.close()

@@ -317,6 +317,52 @@ def forget_data(
 
 
 # ------------------------------------------------------------------------------------------- metrics
+# Hessian damping of the leave-out estimate: 1e-3 tracked retraining best on the demo credit model (1e-2
+# under-estimated the leave-out loss more).
+INFLUENCE_DAMPING = 1e-3
+# Rows used for the influence Hessian (a random sample beyond this: the estimate needs the curvature's
+# shape, not every row, and the p×p solve dominates anyway).
+INFLUENCE_MAX_ROWS = 4096
+
+
+def leave_out_losses(model, data: "TabularForgetData", *, damping: float = INFLUENCE_DAMPING, seed: int = 0):
+    """Per forget row: its CE under a one-Newton-step estimate of `model` retrained without all forget rows
+    (forgetd.explain.influence), never below its CE under `model` itself. A tensor.
+
+    This is the per-subject stand-in for "a model that never saw these rows": a population reference set
+    cannot judge a handful of rows (a model truly retrained without one demo subject fails the reference
+    accuracy/MIA checks for 4 of 5 subjects), while the leave-out estimate says where *these* rows' loss
+    would be."""
+    import numpy as np
+    import torch
+
+    from forgetd.explain.influence import DeletionInfluence
+
+    retain_X, retain_y = np.asarray(data.retain_X), np.asarray(data.retain_y)
+    n_total = len(retain_X) + len(data.forget_X)
+    if n_total > INFLUENCE_MAX_ROWS:
+        pick = np.random.default_rng(seed).choice(len(retain_X), INFLUENCE_MAX_ROWS - len(data.forget_X), replace=False)
+        retain_X, retain_y = retain_X[np.sort(pick)], retain_y[np.sort(pick)]
+    X = np.concatenate([retain_X, data.forget_X]).astype(np.float32)
+    y = np.concatenate([retain_y, data.forget_y]).astype(np.int64)
+    n_params = sum(p.numel() for p in model.parameters())
+    try:
+        influence = DeletionInfluence(model, X, y, damping=damping, scope="full" if n_params <= 6000 else "last_layer",
+                                      n_total=n_total)
+    except RuntimeError:  # a NaN model's Hessian has no Cholesky factor
+        raise DomainError("the leave-out loss cannot be estimated (non-finite model)", field="model") from None
+    estimate = influence.removed_model(range(len(retain_X), len(X)))
+    fX = torch.as_tensor(np.asarray(data.forget_X, dtype=np.float32))
+    fy = torch.as_tensor(np.asarray(data.forget_y, dtype=np.int64))
+    with torch.no_grad():
+        now = torch.nn.functional.cross_entropy(model(fX).float(), fy, reduction="none")
+        after = torch.nn.functional.cross_entropy(estimate(fX).float(), fy, reduction="none")
+    bounds = torch.maximum(now, after)
+    if not bool(torch.isfinite(bounds).all()):
+        raise DomainError("the leave-out loss is not finite", field="model")
+    return bounds
+
+
 def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     """P(positive score > negative score), ties half (Mann-Whitney U); NaN if any score is NaN (a diverged
     model must fail its checks, and NaN would never compare equal while ranking ties)."""
@@ -379,6 +425,9 @@ def evaluate(model, tokenizer, data: TabularForgetData, *, original: dict[str, A
         "n_reference": len(ref_loss),
     }
     metrics["forget_loss_gap"] = metrics["forget_loss"] - metrics["reference_loss"]
+    if original is None and len(data.forget_X):
+        # the original model's view: where these rows' loss would sit had it never seen them
+        metrics["leave_out_loss"] = float(leave_out_losses(model, data).mean())
     return metrics
 
 
@@ -389,7 +438,12 @@ def checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[s
       shared with causal_lm; for a classifier "answering" is classifying the row);
     - retain_acc_min_ratio: retain accuracy ≥ t × the original model's;
     - mia_auc_max_dev: |loss-MIA AUC − 0.5| ≤ t;
-    - forget_acc_max: forget accuracy ≤ t (class removal)."""
+    - forget_acc_max: forget accuracy ≤ t (class removal);
+    - leave_out_loss_min_ratio: the forget rows' mean CE ≥ t × the original model's leave-out estimate of
+      it (`leave_out_losses`). Where the policy sets it, it *replaces* the two population checks above
+      (forget accuracy over reference, MIA deviation): a subject's handful of rows cannot be judged against
+      a population — a model truly retrained without one demo subject fails those for 4 of 5 subjects —
+      so their values stay in the evidence but decide nothing."""
     from forgetd.verify.checks import Check
 
     nan = float("nan")
@@ -402,7 +456,13 @@ def checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[s
         return float(value) if isinstance(value, (int, float)) and value is not None else nan
 
     out = []
-    if "forget_qa_acc_max_over_reference" in thresholds:
+    per_subject = "leave_out_loss_min_ratio" in thresholds
+    if per_subject:
+        t = thresholds["leave_out_loss_min_ratio"]
+        bound = get(original, "leave_out_loss")
+        ratio = get(metrics, "forget_loss") / bound if bound and not math.isnan(bound) else nan
+        out.append(Check("forget_loss_vs_leave_out", ratio, t, ok(ratio, ratio >= t - 1e-12)))
+    if "forget_qa_acc_max_over_reference" in thresholds and not per_subject:
         t = thresholds["forget_qa_acc_max_over_reference"]
         gap = get(metrics, "forget_acc") - get(metrics, "reference_acc")
         out.append(Check("forget_acc_over_reference", gap, t, ok(gap, gap <= t + 1e-12)))
@@ -411,7 +471,7 @@ def checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[s
         base = get(original, "retain_acc")
         ratio = get(metrics, "retain_acc") / base if base and not math.isnan(base) else nan
         out.append(Check("retain_acc_ratio", ratio, t, ok(ratio, ratio >= t - 1e-12)))
-    if "mia_auc_max_dev" in thresholds:
+    if "mia_auc_max_dev" in thresholds and not per_subject:
         t = thresholds["mia_auc_max_dev"]
         dev = abs(get(metrics, "mia_auc") - 0.5)
         out.append(Check("mia_auc_deviation", dev, t, ok(dev, dev <= t + 1e-12)))

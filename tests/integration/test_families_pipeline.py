@@ -141,6 +141,10 @@ def test_an_image_classifier_forgets_a_data_subjects_samples(settings, tmp_path)
     assert served["version"] == 1 and served["covers"] == [request]
     metrics = _served_metrics(ctx, "image_classifier", "digits", [{"corpus_ids": samples}])
     before = _served_metrics(ctx, "image_classifier", "digits", [{"corpus_ids": samples}], version=0)
-    assert metrics["data_acc"] < before["data_acc"] and metrics["retain_acc"] >= 0.9 * before["retain_acc"]
+    print({"before": before, "after": metrics})
+    # Typical digits stay correctly classified (a model retrained without them would too); what must go is
+    # the membership signal: their loss moves towards never-seen samples', so the MIA AUC drops.
+    assert metrics["mia_auc"] < before["mia_auc"] and metrics["data_acc"] <= before["data_acc"]
+    assert metrics["retain_acc"] >= 0.9 * before["retain_acc"]
     assert api.audit_verify(ctx)["ok"]
     ctx.close()

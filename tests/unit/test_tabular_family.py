@@ -199,6 +199,28 @@ def test_graddiff_forgets_a_subject_like_retraining(trained, dataset, tmp_path):
     assert abs(after["mia_auc"] - want["mia_auc"]) <= 0.1
     assert after["retain_acc"] >= 0.97 * before["retain_acc"]
     assert abs(after["reference_acc"] - before["reference_acc"]) <= 0.04
+    # The per-subject check the gdpr-erasure policy applies to this family: the original model fails it
+    # for this memorised subject, the unlearned and the retrained model pass it.
+    original = tc.evaluate(trained.model, None, ver)
+    per_subject = {"leave_out_loss_min_ratio": 0.9, "forget_qa_acc_max_over_reference": 0.05, "mia_auc_max_dev": 0.1}
+    verdicts = {name: tc.checks(tc.evaluate(m, None, ver, original=original), original, per_subject)
+                for name, m in (("original", trained.model), ("unlearned", unlearned), ("retrained", gold))}
+    assert all([c.metric for c in cs] == ["forget_loss_vs_leave_out"] for cs in verdicts.values())
+    assert [c.passed for name in ("original", "unlearned", "retrained") for c in verdicts[name]] == [False, True, True]
+
+
+def test_leave_out_check_replaces_population_checks_and_fails_closed():
+    from forgetd.verify.checks import failing
+
+    thresholds = {"leave_out_loss_min_ratio": 0.9, "forget_qa_acc_max_over_reference": 0.05,
+                  "retain_acc_min_ratio": 0.95, "mia_auc_max_dev": 0.1}
+    metrics = {"forget_acc": 1.0, "reference_acc": 0.7, "retain_acc": 0.79, "mia_auc": 0.1, "forget_loss": 0.5}
+    original = {"retain_acc": 0.8, "leave_out_loss": 0.52}
+    checks = tc.checks(metrics, original, thresholds)
+    assert [c.metric for c in checks] == ["forget_loss_vs_leave_out", "retain_acc_ratio"] and not failing(checks)
+    assert failing(tc.checks(dict(metrics, forget_loss=0.4), original, thresholds))[0].metric == "forget_loss_vs_leave_out"
+    assert failing(tc.checks(metrics, {"retain_acc": 0.8}, thresholds))[0].metric == "forget_loss_vs_leave_out"
+    assert failing(tc.checks(dict(metrics, forget_loss=math.nan), original, thresholds))
 
 
 def test_training_failure_stores_nothing(trained, dataset, tmp_path):

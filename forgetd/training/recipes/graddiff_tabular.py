@@ -29,14 +29,6 @@ from typing import Any
 
 from forgetd.training.common import Progress, TrainingFailed, check_loss, seed_everything
 
-# Hessian damping of the influence estimate. TrainSpec has no field for it; 1e-3 tracked retraining best
-# on the demo credit model (damping 1e-2 under-estimated the leave-out loss more).
-INFLUENCE_DAMPING = 1e-3
-# Rows used for the influence Hessian (a random sample beyond this: the estimate needs the curvature's
-# shape, not every row, and the p×p solve dominates anyway).
-INFLUENCE_MAX_ROWS = 4096
-
-
 def lora_config(model, spec) -> Any:
     """Plain LoRA on the family's linear layers (optionally only the layer indices in `spec.layers`)."""
     from peft import LoraConfig
@@ -67,38 +59,15 @@ def _auc(pos, neg) -> float:
     return auc(pos, neg)
 
 
-def leave_out_bounds(model, data, *, damping: float = INFLUENCE_DAMPING, seed: int = 0):
-    """Per forget row: its CE under a one-Newton-step estimate of the model retrained without all forget
-    rows (never below its current CE)."""
-    import numpy as np
-    import torch
+def leave_out_bounds(model, data, *, seed: int = 0):
+    """Per forget row: its CE under the family's leave-out estimate (never below its current CE)."""
+    from forgetd.errors import DomainError
+    from forgetd.families.tabular_classifier import leave_out_losses
 
-    from forgetd.explain.influence import DeletionInfluence
-
-    retain_X, retain_y = np.asarray(data.retain_X), np.asarray(data.retain_y)
-    n_total = len(retain_X) + len(data.forget_X)
-    if len(retain_X) + len(data.forget_X) > INFLUENCE_MAX_ROWS:
-        pick = np.random.default_rng(seed).choice(len(retain_X), INFLUENCE_MAX_ROWS - len(data.forget_X), replace=False)
-        retain_X, retain_y = retain_X[np.sort(pick)], retain_y[np.sort(pick)]
-    X = np.concatenate([retain_X, data.forget_X]).astype(np.float32)
-    y = np.concatenate([retain_y, data.forget_y]).astype(np.int64)
-    n_params = sum(p.numel() for p in model.parameters())
     try:
-        influence = DeletionInfluence(model, X, y, damping=damping, scope="full" if n_params <= 6000 else "last_layer",
-                                      n_total=n_total)
-    except RuntimeError:  # a NaN model's Hessian has no Cholesky factor
-        raise TrainingFailed("the forget bound cannot be estimated (non-finite model); nothing was stored",
-                             field="train") from None
-    estimate = influence.removed_model(range(len(retain_X), len(X)))
-    fX = torch.as_tensor(np.asarray(data.forget_X, dtype=np.float32))
-    fy = torch.as_tensor(np.asarray(data.forget_y, dtype=np.int64))
-    with torch.no_grad():
-        now = torch.nn.functional.cross_entropy(model(fX).float(), fy, reduction="none")
-        after = torch.nn.functional.cross_entropy(estimate(fX).float(), fy, reduction="none")
-    bounds = torch.maximum(now, after)
-    if not bool(torch.isfinite(bounds).all()):
-        raise TrainingFailed("the forget bound is not finite; nothing was stored", field="train")
-    return bounds
+        return leave_out_losses(model, data, seed=seed)
+    except DomainError as exc:
+        raise TrainingFailed(f"{exc}; nothing was stored", field="train") from None
 
 
 def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
