@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from forgetd.lifecycle import RequestStatus as St
 
 Progress = Callable[[dict[str, Any]], None]
 ADAPTER_META = "forgetd_adapter.json"
+STEP_KEY = "retain_acc_min_ratio_step"  # policy threshold judged on the adapter against its start checkpoint
 COMPOSED_ADAPTER_DIR = "composed_adapter"
 
 
@@ -310,6 +312,7 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
         model = request.model
         policy = _policy(ctx, request.policy)
         against = s.get(Checkpoint, adapter.trained_against_id)
+        against_version = against.version
         data = _forget_data(ctx, s, model, [request]).verification_half()
         adapter_id, adapter_sha = adapter.id, adapter.sha256
         try:
@@ -324,9 +327,20 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
     with_adapters = _composition(family).load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir])
     metrics = family.evaluate(with_adapters, tokenizer, data,
                               original=original)
-    checks = family.checks(metrics, original, policy.verification.thresholds())
+    thresholds = policy.verification.thresholds()
+    step_min = thresholds.pop(STEP_KEY, None)
+    checks = family.checks(metrics, original, thresholds)
+    start = original
+    if step_min is not None:
+        # What this adapter alone costs: retain against the checkpoint it was trained on (the pristine
+        # base for the first one), so continual forgetting is bounded per request and, through
+        # `retain_acc_min_ratio`, overall.
+        if against_version != 0:
+            start = family.evaluate(family.load_model(weights_dir), tokenizer, data)
+        checks += [replace(c, metric=c.metric + "_step")
+                   for c in family.checks(metrics, start, {"retain_acc_min_ratio": step_min})]
     evidence = _store_evidence(ctx, {"request": public_id, "adapter": adapter_sha, "metrics": metrics,
-                                     "original": original, "checks": [c.__dict__ for c in checks]})
+                                     "original": original, "start": start, "checks": [c.__dict__ for c in checks]})
     with ctx.session() as s:
         request = _lock_request(s, public_id)
         now = now_fn()

@@ -161,7 +161,9 @@ _Threshold = Annotated[float | None, Field(default=None, ge=0)]
 
 class Verification(_Strict):
     forget_qa_acc_max_over_reference: _Threshold
-    retain_acc_min_ratio: _Threshold
+    retain_acc_min_ratio: _Threshold  # retain utility ≥ t × the pristine original's (adapter and candidate)
+    # retain utility of the adapter ≥ t × the checkpoint it was trained against (what one request may cost)
+    retain_acc_min_ratio_step: _Threshold
     mia_auc_max_dev: _Threshold
     erase_rate_max: _Threshold
     synonym_erase_rate_max: _Threshold

@@ -161,3 +161,39 @@ def test_a_diverging_run_fails_and_stores_nothing(pipe):
     assert shown["status"] == "failed" and shown["failed_step"] == "train" and "diverged" in shown["status_reason"]
     assert not (ctx.settings.home / "store" / "adapter").exists()
     assert api.lineage_request(ctx, public_id)["adapters"] == []
+
+
+def test_the_step_gate_judges_each_adapter_against_the_checkpoint_it_started_from(pipe):
+    """`retain_acc_min_ratio_step`: the first adapter is judged against the base, a later one against the
+    checkpoint it was trained on; a step threshold no adapter can meet fails the request naming it."""
+    from forgetd.db.models import Evaluation, Request
+
+    ctx, people = pipe
+    policies = ctx.settings.policies_dir
+    for name, step in (("stepwise", 0.0), ("stepgate", 1.5)):
+        (policies / f"{name}.yaml").write_text(POLICY.format(name=name, qa=1.0, retain=0.0, mia=0.5).replace(
+            "mia_auc_max_dev: 0.5}", f"mia_auc_max_dev: 0.5, retain_acc_min_ratio_step: {step}}}"))
+    first, second = _submit(ctx, people[0], policy="stepwise"), _submit(ctx, people[1], policy="stepwise")
+    assert sorted(api.tick(ctx)["completed"]) == sorted([first, second])
+
+    def step_evaluations(public_id):
+        with ctx.session() as s:
+            request_id = s.execute(select(Request.id).where(Request.public_id == public_id)).scalar_one()
+            return s.execute(select(Evaluation).where(Evaluation.request_id == request_id,
+                                                      Evaluation.target_kind == "adapter",
+                                                      Evaluation.metric == "check:retain_qa_acc_ratio_step")).scalars().all()
+
+    evidence = {}
+    for public_id in (first, second):
+        (row,) = step_evaluations(public_id)
+        digest = row.evidence_uri.rsplit("/", 1)[-1]
+        evidence[public_id] = json.loads((ctx.store.open_dir("evidence", digest) / "evidence.json").read_text())
+    assert evidence[first]["start"] == evidence[first]["original"]  # trained against v0, the base
+    assert evidence[second]["start"] != evidence[second]["original"]  # trained against v1
+
+    third = _submit(ctx, people[2], policy="stepgate")
+    api.tick(ctx)
+    shown = api.request_show(ctx, third)
+    assert shown["status"] == "failed" and "retain_qa_acc_ratio_step" in shown["status_reason"]
+    (row,) = step_evaluations(third)
+    assert row.passed is False and row.threshold == 1.5

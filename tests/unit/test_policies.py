@@ -38,8 +38,8 @@ def test_the_four_shipped_policies_load():
     assert gdpr.recipes == {
         "causal_lm": "npo-lora", "tabular_classifier": "graddiff-lora-tabular", "image_classifier": "gs-lora"}
     assert gdpr.verification.thresholds() == {
-        "forget_qa_acc_max_over_reference": 0.05, "retain_acc_min_ratio": 0.95, "mia_auc_max_dev": 0.10,
-        "leave_out_loss_min_ratio": 0.85}
+        "forget_qa_acc_max_over_reference": 0.05, "retain_acc_min_ratio": 0.90, "retain_acc_min_ratio_step": 0.95,
+        "mia_auc_max_dev": 0.10, "leave_out_loss_min_ratio": 0.85}
     assert gdpr.deadline.extension_max_duration == Duration(months=2)
     assert gdpr.deadline.at_risk_timedelta == timedelta(days=7)
     assert gdpr.retention.shred_after == Duration(days=30)
