@@ -762,14 +762,9 @@ def _shred(s, request, *, actor: str, now: datetime, reason_code: str) -> None:
 
 
 def _compact_sqlite(ctx: Context) -> None:
-    """Move the WAL into the main file and truncate it, so destroyed keys leave no copy in the WAL."""
-    if ctx.engine.dialect.name == "sqlite":
-        # Outside any transaction (BEGIN IMMEDIATE would lock the table against the checkpoint).
-        raw = ctx.engine.raw_connection()
-        try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            raw.close()
+    from forgetd.db.engine import compact_sqlite_wal
+
+    compact_sqlite_wal(ctx.engine)
 
 
 def request_shred(ctx: Context, public_id: str) -> dict[str, Any]:
@@ -1211,3 +1206,83 @@ def revalidate(ctx: Context, model_id: int, checkpoint_id: int) -> dict[str, Any
     from forgetd.explain import records
 
     return records.revalidate(ctx, model_id, checkpoint_id)
+
+
+# --- text-to-image generation (forgetd generate) -----------------------------------------------------------
+
+GENERATE_MODES = ("dynamic", "merged")
+MAX_PROMPT_CHARS = 500
+MAX_GENERATE_IMAGES = 64
+
+
+def _check_generate_args(prompt: Any, out: Any, mode: Any, n: Any, seed: Any, steps: Any) -> Path:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("a non-empty prompt is required", field="--prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"at most {MAX_PROMPT_CHARS} characters", field="--prompt")
+    if mode not in GENERATE_MODES:
+        raise InputError(f"must be one of {', '.join(GENERATE_MODES)}", field="--mode")
+    for name, value, low, high in (("--n", n, 1, MAX_GENERATE_IMAGES), ("--seed", seed, 0, 2**31 - 1),
+                                   ("--steps", steps if steps is not None else 1, 1, 1000)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InputError(f"must be an integer from {low} to {high}", field=name)
+    out = Path(out).expanduser()
+    if out.suffix.lower() != ".png":
+        raise InputError("the output file must end in .png", field="--out")
+    if not out.parent.is_dir():
+        raise InputError(f"no such folder: {out.parent}; create it first", field="--out")
+    return out
+
+
+def _save_png_grid(images, out: Path) -> None:
+    """uint8 [n, H, W, 3] as one PNG, a near-square grid, written atomically."""
+    import math as _math
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    images = np.asarray(images, dtype=np.uint8)
+    n, h, w, _ = images.shape
+    cols = int(_math.ceil(_math.sqrt(n)))
+    rows = int(_math.ceil(n / cols))
+    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    Image.fromarray(grid).save(tmp, format="PNG")
+    os.replace(tmp, out)
+
+
+def generate(ctx: Context, model: str, prompt: str, out, *, mode: str = "dynamic", n: int = 1, seed: int = 0,
+             steps: int | None = None) -> dict[str, Any]:
+    """Images from the served checkpoint of a text_to_image model, written as one PNG (a grid when n > 1).
+
+    `dynamic` (default) is facilitated transport: the pristine base with every adapter of the served
+    manifest loaded, each scaled per prompt by its γ (DESIGN 9), so prompts far from every erased concept
+    get (close to) the original model; `merged` is the static merged checkpoint."""
+    from forgetd import pipeline, serving
+    from forgetd.families import family_module
+
+    out = _check_generate_args(prompt, out, mode, n, seed, steps)
+    with ctx.session() as s:
+        m = _get_model(s, model)
+        if m.family != "text_to_image":
+            raise InputError(f"model {m.name} is a {m.family} model; generate needs a text_to_image model",
+                             field="--model")
+        served = serving.served_checkpoint(s, m)
+        weights_dir = pipeline.checkpoint_dir(ctx, served)
+        base_dir = pipeline.checkpoint_dir(ctx, serving.get_checkpoint(s, m, 0))
+        shas = [e["sha256"] for e in (served.manifest or {}).get("adapters", [])]
+        adapter_dirs = [ctx.store.open_dir("adapter", sha) for sha in shas]
+        version = served.version
+    family = family_module("text_to_image")
+    if mode == "merged" or not adapter_dirs:
+        pipe = family.load_model(weights_dir)
+    else:
+        pipe = family.load_with_adapters(lambda: family.load_model(base_dir), adapter_dirs)
+    images = family.generate_images(pipe, prompt, n, seed=seed, steps=steps)
+    _save_png_grid(images, out)
+    return {"model": model, "version": version, "mode": mode, "adapters": len(adapter_dirs), "n": n, "seed": seed,
+            "out": str(out)}

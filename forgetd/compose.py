@@ -32,12 +32,17 @@ class ManifestEntry:
         return {"sha256": self.sha256, "weight": self.weight}
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(family: str | None = None) -> dict[str, str]:
     import peft
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    if family == "text_to_image":  # its UNet, LoRA loading and merged directory come from diffusers
+        import diffusers
+
+        versions["diffusers"] = diffusers.__version__
+    return versions
 
 
 def content_id(base_sha256: str, manifest: Sequence[ManifestEntry], *, dtype: str, versions: dict[str, str]) -> str:

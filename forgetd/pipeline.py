@@ -420,7 +420,7 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool =
     parent_shas = {e.sha256 for e in parent_manifest}
     manifest = parent_manifest + [ManifestEntry(sha, 1.0) for sha in new_shas if sha not in parent_shas]
     family = family_module(model.family)
-    versions = library_versions()
+    versions = library_versions(model.family)
     cid = content_id(model.base_sha256, manifest, dtype="float32", versions=versions)
     with ctx.session() as s:
         existing = s.execute(

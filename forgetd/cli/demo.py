@@ -42,6 +42,8 @@ def demo(home: Path | None, no_models: bool, as_json: bool) -> None:
         _print_vision(result["vision"])
     if result.get("explanations"):
         _print_explanations(result["explanations"])
+    if result.get("t2i"):
+        _print_t2i(result["t2i"])
     if not result["audit"]["ok"]:
         raise click.ClickException("audit trail verification failed")
 
@@ -100,3 +102,22 @@ def _print_explanations(ex: dict) -> None:
     )
     for line in table(ex):
         click.echo(line)
+
+
+def _print_t2i(t2i: dict) -> None:
+    click.echo("")
+    click.echo(f"demo-shapes (tiny text-to-image pipeline): erase '{t2i['concept']}' -> {t2i['status']}, "
+               f"prod serves v{t2i['served_version']}")
+    if t2i["reason"]:
+        click.echo(f"  {t2i['reason']}")
+    evidence = t2i.get("evidence")
+    if evidence:
+        before, after = evidence["original"], evidence["metrics"]
+        emit_table([
+            {"metric": name, "original (v0)": f"{before.get(name, float('nan')):.3f}",
+             f"served (v{t2i['served_version']})": f"{after.get(name, float('nan')):.3f}"}
+            for name in ("erase_rate", "synonym_erase_rate", "other_acc", "colour_acc")
+        ], ["metric", "original (v0)", f"served (v{t2i['served_version']})"])
+        click.echo("  erase_rate: share of images the verifier labels as the erased shape (target prompts);"
+                   " other_acc: prompted shape drawn, other shapes")
+    click.echo(f"  before/after grids (PNG): {t2i['grids']}")

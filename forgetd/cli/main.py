@@ -17,6 +17,7 @@ from forgetd.cli.checkpoints import checkpoint
 from forgetd.cli.db import db, init
 from forgetd.cli.demo import demo
 from forgetd.cli.explain import explain
+from forgetd.cli.generate import generate
 from forgetd.cli.jobs import job
 from forgetd.cli.lineage import lineage
 from forgetd.cli.models import model
@@ -49,7 +50,7 @@ def cli(operator: str | None) -> None:
 
 
 for command in (init, db, model, request, tick, job, serve, status, checkpoint, lineage, policy, audit, sweep, demo,
-                explain):
+                explain, generate):
     cli.add_command(command)
 
 

@@ -109,7 +109,7 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
         swept = api.sweep(as_("alice"))
         verify = api.audit_verify(as_("alice"))
         steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
-        llm = vision = explanations = None
+        llm = vision = explanations = t2i = None
         if with_models:
             from forgetd.demo import llm as llm_demo
 
@@ -132,11 +132,16 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
                 f"{explanations['issued']['robust']['count']} deletion-robust counterfactuals issued, "
                 f"{len(explanations['steps'])} data-erasure requests honoured, every record re-checked after each"
             )
+            from forgetd.demo import t2i as t2i_demo
+
+            t2i = t2i_demo.run(as_, base.cache_dir, home, progress=progress)
+            steps.append(f"demo-shapes: concept '{t2i['concept']}' erased ({t2i['status']}), prod serves "
+                         f"v{t2i['served_version']}; before/after grids in {t2i['grids']}")
             verify = api.audit_verify(as_("alice"))
             steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
         requests = api.request_list(as_("alice"))
         return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify, "llm": llm,
-                "vision": vision, "explanations": explanations}
+                "vision": vision, "explanations": explanations, "t2i": t2i}
     finally:
         for ctx in ctxs.values():
             ctx.close()

@@ -11,6 +11,7 @@ _FAMILY_MODULES = {
     "causal_lm": "forgetd.families.causal_lm",
     "tabular_classifier": "forgetd.families.tabular_classifier",
     "image_classifier": "forgetd.families.image_classifier",
+    "text_to_image": "forgetd.families.text_to_image",
 }
 
 

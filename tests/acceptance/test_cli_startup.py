@@ -135,6 +135,7 @@ VALUES = {
     "file": "{tickets}",
     "explanation_id": "ex_aaaaaaaaaaaaaaaa",
     "input_file": "{features}",
+    "out": "{png}",
 }
 # Whole argument lists where the name-based filling above is not enough.
 OVERRIDES: dict[tuple[str, ...], list[str]] = {
@@ -194,7 +195,7 @@ def test_database_commands_refuse_an_out_of_date_schema(tmp_path):
     features = tmp_path / "person.json"
     features.write_text(json.dumps({"age": 40, "income": 50000}))
     fill = {"{model_dir}": str(make_model_dir(tmp_path / "model")), "{tickets}": str(tickets),
-            "{features}": str(features)}
+            "{features}": str(features), "{png}": str(tmp_path / "drawn.png")}
     argvs = [[fill.get(a, a) for a in _well_formed_args(p, c)] for p, c in sorted(_database_commands().items())]
     with ThreadPoolExecutor(max_workers=4) as pool:  # independent read-only processes
         results = list(pool.map(lambda argv: run_cli(argv, env), argvs))

@@ -68,6 +68,9 @@ def test_a_restarted_daemon_adopts_the_running_ray_job(settings, cli_env, tmp_pa
             return sess.execute(select(Request.status).where(Request.public_id == request_id)).scalar_one().value == "completed"
 
     _wait(completed, 300, f"the request to complete; log:\n{(tmp_path / 'b.log').read_text()[-3000:] if (tmp_path / 'b.log').exists() else ''}")
+    # the promotion enqueues a `revalidate` job in the same transaction: let it settle too (the intermittent
+    # failure this wait removes was that job still queued when the daemon was stopped)
+    _wait(lambda: all(j["status"] == "succeeded" for j in api.job_list(ctx)), 120, "every job to settle")
     second.terminate()
     shown = api.job_show(ctx, job.id)
     events = [(e["event"], e["attempt"]) for e in shown["events"]]

@@ -1,0 +1,71 @@
+"""The text-to-image part of the demo: a rights holder asks that the demo shapes model stop drawing circles.
+
+The request goes through the same code as every other family (submit, approval, `api.tick`: the `spm`
+recipe trains a rank-1 adapter, it is verified, composed into a checkpoint, verified again and promoted),
+and `api.generate` draws before/after grids from the served checkpoint, both with facilitated transport
+(`dynamic`) and with the static merge. The verifier's numbers are the ones the pipeline recorded as
+evidence when it verified the candidate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from forgetd import api
+
+MODEL = "demo-shapes"
+CONCEPT = "circle"
+PROMPTS = ("a red circle", "a blue disc", "a green square", "a yellow triangle")
+
+
+def _slug(prompt: str) -> str:
+    return "-".join(prompt.split()[1:])
+
+
+def _evidence(ctx, public_id: str) -> dict[str, Any] | None:
+    """The metrics the verifier recorded for this request on the promoted candidate."""
+    from sqlalchemy import select
+
+    from forgetd.db.models import Evaluation, Request
+
+    with ctx.session() as s:
+        request_id = s.execute(select(Request.id).where(Request.public_id == public_id)).scalar_one()
+        row = s.execute(select(Evaluation).where(Evaluation.request_id == request_id,
+                                                 Evaluation.target_kind == "checkpoint")
+                        .order_by(Evaluation.id.desc()).limit(1)).scalar_one_or_none()
+        uri = row.evidence_uri if row else None
+    if uri is None:
+        return None
+    payload = json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+    for result in payload.get("results", []):
+        if result["request"] == public_id:
+            return {"metrics": result["metrics"], "original": result["original"]}
+    return None
+
+
+def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, progress=None) -> dict[str, Any]:
+    from forgetd.demo import shapes
+
+    alice = as_("alice")
+    root = shapes.ensure_shapes_t2i(cache_dir, shapes.ShapesConfig(), progress=progress)
+    api.model_register(alice, MODEL, "text_to_image", str(shapes.model_path(root)),
+                       dataset=str(shapes.dataset_path(root)))
+    grids = workdir / "t2i-grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[str]] = {"before": [], "after_dynamic": [], "after_merged": []}
+    for prompt in PROMPTS:
+        files["before"].append(api.generate(alice, MODEL, prompt, grids / f"before-{_slug(prompt)}.png", n=16)["out"])
+    record = api.request_submit(alice, {"model": MODEL, "policy": "copyright-concept",
+                                        "subject": "rights-desk@studio.example", "forget": {"concept": CONCEPT}})
+    api.request_approve(as_("bob"), record["id"])
+    api.tick(alice, progress=progress)
+    shown = api.request_show(alice, record["id"])
+    served = [c for c in api.checkpoint_list(alice, MODEL) if "prod" in c["aliases"]][0]
+    for prompt in PROMPTS:
+        for mode in ("dynamic", "merged"):
+            out = grids / f"after-{mode}-{_slug(prompt)}.png"
+            files[f"after_{mode}"].append(api.generate(alice, MODEL, prompt, out, mode=mode, n=16)["out"])
+    return {"request": record["id"], "concept": CONCEPT, "status": shown["status"], "reason": shown["status_reason"],
+            "served_version": served["version"], "evidence": _evidence(alice, record["id"]), "grids": str(grids),
+            "files": files, "model_metrics": shapes.read_demo_meta(root).get("metrics", {})}

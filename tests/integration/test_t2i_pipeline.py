@@ -1,0 +1,129 @@
+"""Text-to-image concept erasure through the same requests, jobs, store, composition, alias, lineage and
+audit code as every other family (`api.tick`), on the small test configuration of the demo shapes model:
+erase "circle" with the `spm` recipe, check the served checkpoint against the verifier, and draw with
+`api.generate` in both serving modes.
+
+The test model (trained in about a minute, 92% circles) is weaker than the demo model, and the CI budget
+allows 250 SPM steps at η = 2: measured 10-12% circles left after it (bench/t2i_erasure.py measures the
+demo model against the issue's 10% / 20% targets), so this test's policy asks for 20% / 30%. What it
+checks is that the family runs on the shared machinery and that verification decides with the verifier."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import select
+
+pytest.importorskip("diffusers")
+
+from forgetd import api  # noqa: E402
+from forgetd.db.models import Adapter, Job  # noqa: E402
+from forgetd.errors import InputError  # noqa: E402
+from tests.conftest import REPO, edit_recipe  # noqa: E402
+
+POLICY = """
+name: concepts
+applies_to: {kind: concept}
+deadline: {rule: calendar-month, extension_max: P2M}
+identity_required: false
+approval: {required: false}
+recipes: {text_to_image: spm}
+verification: {erase_rate_max: 0.20, synonym_erase_rate_max: 0.30, other_acc_min_ratio: 0.90}
+compose: {cadence: "*/15 * * * *", max_batch: 16}
+retention: {shred_payload_after: P30D}
+"""
+
+
+@pytest.fixture
+def db_url(sqlite_url):
+    # the family is what is under test here; the database layer runs on PostgreSQL in the other pipeline tests
+    return sqlite_url
+
+
+@pytest.fixture(scope="module")
+def shapes_model(tmp_path_factory):
+    import torch
+
+    from forgetd.demo import shapes
+
+    torch.set_num_threads(1)  # bit-reproducible; shares the build with tests/unit/test_t2i_family.py
+    root = shapes.ensure_shapes_t2i(tmp_path_factory.getbasetemp() / "shapes-t2i-home", shapes.ShapesConfig.for_tests())
+    return shapes.model_path(root), shapes.dataset_path(root)
+
+
+def _context(settings, tmp_path):
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "concepts.yaml").write_text(POLICY)
+    adapters = tmp_path / "adapters"
+    shutil.copytree(REPO / "adapters", adapters)
+    edit_recipe(adapters / "spm.yaml", erase_guidance=2.0, max_steps=250, eval_images=4, pool_images=4)
+    return api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters))
+
+
+def _erase(ctx, concept: str) -> dict:
+    record = api.request_submit(ctx, {"model": "shapes", "policy": "concepts", "subject": "rights-team@example.org",
+                                      "forget": {"concept": concept}})
+    report = api.tick(ctx)
+    return {"id": record["id"], "report": report, "shown": api.request_show(ctx, record["id"])}
+
+
+def _served_metrics(ctx, concepts: list[str]) -> dict:
+    from forgetd import pipeline, serving
+    from forgetd.db.models import Model
+    from forgetd.families import text_to_image as family
+
+    with ctx.session() as s:
+        model = s.execute(select(Model).where(Model.name == "shapes")).scalar_one()
+        served = serving.served_checkpoint(s, model)
+        weights = pipeline.checkpoint_dir(ctx, served)
+        base = pipeline.checkpoint_dir(ctx, serving.get_checkpoint(s, model, 0))
+        dataset = pipeline._dataset(ctx, model)
+    data = family.forget_data(dataset, [{"concept": c} for c in concepts]).verification_half()
+    verifier = family.load_tokenizer(base)
+    original = family.evaluate(family.load_model(base), verifier, data)
+    return {"version": served.version, "original": original,
+            "served": family.evaluate(family.load_model(weights), verifier, data, original=original)}
+
+
+def test_concepts_are_erased_through_the_pipeline(settings, tmp_path, shapes_model):
+    import numpy as np
+    from PIL import Image
+
+    model_dir, dataset_path = shapes_model
+    ctx = _context(settings, tmp_path)
+    api.model_register(ctx, "shapes", "text_to_image", str(model_dir), dataset=str(dataset_path))
+
+    first = _erase(ctx, "circle")
+    assert first["shown"]["status"] == "completed", first["shown"]["status_reason"]
+    measured = _served_metrics(ctx, ["circle"])
+    assert measured["version"] == 1
+    assert measured["original"]["erase_rate"] >= 0.8  # the test model draws circles before
+    assert measured["served"]["erase_rate"] <= 0.20 and measured["served"]["synonym_erase_rate"] <= 0.30
+    assert measured["served"]["other_acc_ratio"] >= 0.90
+    with ctx.session() as s:
+        adapter = s.execute(select(Adapter)).scalar_one()
+        assert adapter.recipe == "spm" and adapter.rank == 1
+        kinds = [j.kind for j in s.execute(select(Job).order_by(Job.id)).scalars()]
+    assert {"train", "evaluate", "compose", "promote"} <= set(kinds)
+    edges = {e["relation"] for e in api.lineage_request(ctx, first["id"])["edges"]}
+    assert {"trained_for", "fulfils"} <= edges
+
+    # Serving: the static merge and facilitated transport both draw from the served checkpoint.
+    for mode in ("merged", "dynamic"):
+        out = tmp_path / f"{mode}.png"
+        result = api.generate(ctx, "shapes", "a red circle", out, mode=mode, n=4, seed=3)
+        assert result["version"] == 1 and result["adapters"] == 1
+        image = np.asarray(Image.open(out))
+        assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] == image.shape[1]
+    with pytest.raises(InputError) as bad:
+        api.generate(ctx, "shapes", "", tmp_path / "x.png")
+    assert bad.value.field == "--prompt"
+    with pytest.raises(InputError) as bad:
+        api.generate(ctx, "shapes", "a box", tmp_path / "x.jpg")
+    assert bad.value.field == "--out" and not (tmp_path / "x.jpg").exists()
+
+    assert api.audit_verify(ctx)["ok"]
+    ctx.close()
