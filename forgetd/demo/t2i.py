@@ -44,11 +44,24 @@ def _evidence(ctx, public_id: str) -> dict[str, Any] | None:
     return None
 
 
+def _build_progress(progress):
+    """The shapes builder's events ({phase, step, steps, loss}) in the shape the tick printer reads."""
+    if progress is None:
+        return None
+
+    def show(event: dict[str, Any]) -> None:
+        if "step" in event:
+            progress({"stage": f"build ({event['phase']})", "model": MODEL, "step": event["step"],
+                      "max_steps": event["steps"], "loss": event["loss"]})
+
+    return show
+
+
 def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, progress=None) -> dict[str, Any]:
     from forgetd.demo import shapes
 
     alice = as_("alice")
-    root = shapes.ensure_shapes_t2i(cache_dir, shapes.ShapesConfig(), progress=progress)
+    root = shapes.ensure_shapes_t2i(cache_dir, shapes.ShapesConfig(), progress=_build_progress(progress))
     api.model_register(alice, MODEL, "text_to_image", str(shapes.model_path(root)),
                        dataset=str(shapes.dataset_path(root)))
     grids = workdir / "t2i-grids"

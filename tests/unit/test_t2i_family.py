@@ -217,3 +217,15 @@ def test_ensure_is_cached(trained):
     assert shapes.ensure_shapes_t2i(root.parent.parent, shapes.ShapesConfig.for_tests()) == root
     assert (shapes.model_path(root) / shapes.DEMO_META_FILE).stat().st_mtime_ns == before
     assert not list(Path(root.parent).glob(".shapes-t2i-*-*"))
+
+
+def test_demo_build_progress_feeds_the_tick_printer(capsys):
+    """`forgetd demo` hands the shapes builder the tick printer: its events must be translated, not crash it."""
+    from forgetd.cli.tick import _printer
+    from forgetd.demo.t2i import _build_progress
+
+    show = _build_progress(_printer(True))
+    show({"phase": "unet", "step": 10, "steps": 1200, "loss": 0.5})
+    show({"phase": "done", "train_seconds": 1.0})
+    assert "step 10/1200" in capsys.readouterr().err
+    assert _build_progress(None) is None
