@@ -115,9 +115,9 @@ def _print_t2i(t2i: dict) -> None:
         before, after = evidence["original"], evidence["metrics"]
         emit_table([
             {"metric": name, "original (v0)": f"{before.get(name, float('nan')):.3f}",
-             f"served (v{t2i['served_version']})": f"{after.get(name, float('nan')):.3f}"}
+             f"with the adapter ({evidence['on']})": f"{after.get(name, float('nan')):.3f}"}
             for name in ("erase_rate", "synonym_erase_rate", "other_acc", "colour_acc")
-        ], ["metric", "original (v0)", f"served (v{t2i['served_version']})"])
+        ], ["metric", "original (v0)", f"with the adapter ({evidence['on']})"])
         click.echo("  erase_rate: share of images the verifier labels as the erased shape (target prompts);"
                    " other_acc: prompted shape drawn, other shapes")
     click.echo(f"  before/after grids (PNG): {t2i['grids']}")

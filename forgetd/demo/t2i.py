@@ -24,7 +24,8 @@ def _slug(prompt: str) -> str:
 
 
 def _evidence(ctx, public_id: str) -> dict[str, Any] | None:
-    """The metrics the verifier recorded for this request on the promoted candidate."""
+    """The verifier's numbers the pipeline recorded for this request: on the promoted candidate, or on the
+    adapter alone when it was refused there."""
     from sqlalchemy import select
 
     from forgetd.db.models import Evaluation, Request
@@ -32,15 +33,17 @@ def _evidence(ctx, public_id: str) -> dict[str, Any] | None:
     with ctx.session() as s:
         request_id = s.execute(select(Request.id).where(Request.public_id == public_id)).scalar_one()
         row = s.execute(select(Evaluation).where(Evaluation.request_id == request_id,
-                                                 Evaluation.target_kind == "checkpoint")
+                                                 Evaluation.evidence_uri.is_not(None))
                         .order_by(Evaluation.id.desc()).limit(1)).scalar_one_or_none()
         uri = row.evidence_uri if row else None
     if uri is None:
         return None
     payload = json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+    if "metrics" in payload:  # the adapter's evaluation
+        return {"metrics": payload["metrics"], "original": payload["original"], "on": "adapter"}
     for result in payload.get("results", []):
         if result["request"] == public_id:
-            return {"metrics": result["metrics"], "original": result["original"]}
+            return {"metrics": result["metrics"], "original": result["original"], "on": "checkpoint"}
     return None
 
 
