@@ -216,11 +216,12 @@ def run(
             # How the forgotten subjects' rows look to the served model and to the retrained one, against
             # the leave-out estimate the gdpr-erasure policy checks (forget loss / leave-out loss).
             served_model = tc.load_model(_weights(alice, served["version"]))
+            original_model = tc.load_model(demo.model_dir)
             ratios: dict[str, list[float]] = {"unlearned": [], "retrained": []}
             for done in completed:
                 if done not in leave_out:
                     data = tc.forget_data(dataset, [{"corpus_ids": [done]}]).verification_half()
-                    leave_out[done] = (data, tc.evaluate(tc.load_model(demo.model_dir), None, data)["leave_out_loss"])
+                    leave_out[done] = (data, tc.evaluate(original_model, None, data)["leave_out_loss"])
                 data, bound = leave_out[done]
                 ratios["unlearned"].append(tc.evaluate(served_model, None, data)["forget_loss"] / bound)
                 ratios["retrained"].append(tc.evaluate(gold, None, data)["forget_loss"] / bound)
