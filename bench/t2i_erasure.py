@@ -36,6 +36,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CONCEPTS = ("circle", "square", "triangle")
+# What the sequential requests ask erased shapes to become (the payload's optional `replacement`): circle
+# none (steered towards ∅), square and triangle "cross", the shape nobody erases. Towards ∅ a square stays at
+# ~20% (the unconditional mix of shapes); see adapters/spm.yaml.
+REPLACEMENTS = {"square": "cross", "triangle": "cross"}
 KEYS = ("erase_rate", "synonym_erase_rate", "other_acc", "colour_acc")
 
 
@@ -93,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             hits += [label == concept for label in labels]
         return float(np.mean(hits))
 
-    def train(name: str, concept: str, start, out: Path, erased_before=()) -> tuple[dict, float]:
+    def train(name: str, concept: str, start, out: Path, erased_before=(), replacement=None) -> tuple[dict, float]:
         recipe = get_recipe(ROOT / "adapters", name)
-        data = family.forget_data(dataset, [{"concept": concept}], exclude_from_retain=set(erased_before))
+        payload = {"concept": concept, **({"replacement": replacement} if replacement else {})}
+        data = family.forget_data(dataset, [payload], exclude_from_retain=set(erased_before))
         began = time.perf_counter()
         result = recipe.module().train(recipe, model=start, tokenizer=verifier, data=data, out_dir=out)
         return result, time.perf_counter() - began
@@ -124,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     for i, concept in enumerate(CONCEPTS):
         start = t2i_lora.merged_pipeline(load_base, adapters, [1.0] * len(adapters))
         out = work / f"seq-{concept}"
-        result, seconds = train("spm", concept, start, out, erased_before=CONCEPTS[:i])
+        result, seconds = train("spm", concept, start, out, erased_before=CONCEPTS[:i],
+                                replacement=REPLACEMENTS.get(concept))
         adapters.append(out)
         erased = list(CONCEPTS[: i + 1])
         baseline = judge(load_base(), erased)
-        step = {"request": i + 1, "concept": concept, "seconds": round(seconds, 2), "steps": result["steps"]}
+        step = {"request": i + 1, "concept": concept, "replacement": REPLACEMENTS.get(concept),
+                "seconds": round(seconds, 2), "steps": result["steps"], "stop_reason": result["stop_reason"]}
         for mode, model in (("merged", t2i_lora.merged_pipeline(load_base, adapters, [1.0] * len(adapters))),
                             ("dynamic", t2i_lora.load_with_adapters(load_base, adapters))):
             step[mode] = _keep(judge(model, erased, original=baseline))
@@ -201,6 +208,9 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         "## Three concepts, one request at a time (SPM, each trained against the merge of the earlier ones)",
+        "",
+        "Replacements named by the requests: " + (", ".join(f"{s['concept']} → {s.get('replacement') or '∅'}"
+                                                          for s in r["sequential"]) or "-") + ".",
         "",
         "| after | mode | erase rate per concept | synonyms (all erased) | remaining shape acc | ratio | seconds |",
         "|---|---|---|---|---|---|---|",

@@ -11,6 +11,7 @@ workers; a job hands the stage a fenced context, so every transaction here also 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -296,6 +297,45 @@ def _load_base(ctx, model: Model):
     return family.load_model(base_dir), family.load_tokenizer(base_dir)
 
 
+def _base_content_id(ctx, model: Model) -> str:
+    with ctx.session() as s:
+        return s.execute(select(Checkpoint.content_id).where(Checkpoint.model_id == model.id,
+                                                             Checkpoint.version == 0)).scalar_one()
+
+
+# A checkpoint's metrics on a request's evaluation data are a pure function of (checkpoint content, data):
+# the generation seeds and the reference sets are in the data. The original's are needed for every
+# request on every candidate (sustainability), so they are kept in this process's memory, never on disk
+# (the key is derived from the forget data). Bounded: a daemon serving many models must not grow.
+_METRICS_MEMO: "dict[tuple[str, str], dict[str, Any]]" = {}
+_METRICS_MEMO_MAX = 256
+
+
+def _data_digest(data) -> str | None:
+    import hashlib
+    import pickle
+
+    try:
+        return hashlib.sha256(pickle.dumps(data, protocol=4)).hexdigest()
+    except Exception:  # data that does not pickle is simply not memoised
+        return None
+
+
+def checkpoint_metrics(family, content_id: str, load: Callable[[], tuple[Any, Any]], data) -> dict[str, Any]:
+    """family.evaluate(model, tokenizer, data) for the checkpoint `content_id`, loaded by `load()` only
+    when this process has not measured it on the same data yet."""
+    digest = _data_digest(data)
+    key = (content_id, digest) if digest is not None else None
+    if key is not None and key in _METRICS_MEMO:
+        return copy.deepcopy(_METRICS_MEMO[key])  # a copy the caller may change
+    metrics = family.evaluate(*load(), data)
+    if key is not None:
+        if len(_METRICS_MEMO) >= _METRICS_MEMO_MAX:
+            _METRICS_MEMO.pop(next(iter(_METRICS_MEMO)))
+        _METRICS_MEMO[key] = copy.deepcopy(metrics)
+    return metrics
+
+
 def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
     """Serve-time view of one adapter: the checkpoint it was trained against plus the adapter."""
     from forgetd.families import family_module
@@ -312,7 +352,7 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
         model = request.model
         policy = _policy(ctx, request.policy)
         against = s.get(Checkpoint, adapter.trained_against_id)
-        against_version = against.version
+        against_version, against_content_id = against.version, against.content_id
         data = _forget_data(ctx, s, model, [request]).verification_half()
         adapter_id, adapter_sha = adapter.id, adapter.sha256
         try:
@@ -323,7 +363,7 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
             return False
     family = family_module(model.family)
     tokenizer = family.load_tokenizer(weights_dir)
-    original = family.evaluate(*_load_base(ctx, model), data)
+    original = checkpoint_metrics(family, _base_content_id(ctx, model), lambda: _load_base(ctx, model), data)
     with_adapters = _composition(family).load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir])
     metrics = family.evaluate(with_adapters, tokenizer, data,
                               original=original)
@@ -336,7 +376,8 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
         # base for the first one), so continual forgetting is bounded per request and, through
         # `retain_acc_min_ratio`, overall.
         if against_version != 0:
-            start = family.evaluate(family.load_model(weights_dir), tokenizer, data)
+            start = checkpoint_metrics(family, against_content_id,
+                                       lambda: (family.load_model(weights_dir), tokenizer), data)
         checks += [replace(c, metric=c.metric + "_step")
                    for c in family.checks(metrics, start, {"retain_acc_min_ratio": step_min})]
     evidence = _store_evidence(ctx, {"request": public_id, "adapter": adapter_sha, "metrics": metrics,
@@ -510,10 +551,16 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
         verifying_ids = [r.public_id for r in verifying]
     family = family_module(model.family)
     merged, tokenizer = family.load_model(weights_dir), family.load_tokenizer(weights_dir)
-    base = _load_base(ctx, model)  # once for all targets, not once per request
+    base_id, base = _base_content_id(ctx, model), []
+
+    def load_base():  # once for all targets, and only if one is not memoised
+        if not base:
+            base.append(_load_base(ctx, model))
+        return base[0]
+
     results = []
     for public_id, policy, data in targets:
-        original = family.evaluate(*base, data)
+        original = checkpoint_metrics(family, base_id, load_base, data)
         metrics = family.evaluate(merged, tokenizer, data, original=original)
         checks = family.checks(metrics, original, policy.verification.thresholds())
         results.append((public_id, metrics, original, checks))

@@ -44,6 +44,9 @@ def demo(home: Path | None, no_models: bool, as_json: bool) -> None:
         _print_explanations(result["explanations"])
     if result.get("t2i"):
         _print_t2i(result["t2i"])
+    if result.get("seconds"):
+        click.echo("")
+        click.echo("seconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
     if not result["audit"]["ok"]:
         raise click.ClickException("audit trail verification failed")
 

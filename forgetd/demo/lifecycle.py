@@ -7,6 +7,7 @@ can print it.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,23 +111,30 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
         verify = api.audit_verify(as_("alice"))
         steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
         llm = vision = explanations = t2i = None
+        seconds: dict[str, float] = {}
         if with_models:
             from forgetd.demo import llm as llm_demo
 
+            began = time.perf_counter()
             llm = llm_demo.run(as_, base.cache_dir, home, progress=progress)
+            seconds["demo-lm"] = round(time.perf_counter() - began, 1)
             steps.append(
                 f"demo-lm: {len(llm['requests'])} erasure requests ticked through; prod serves v{llm['served_version']}"
             )
             from forgetd.demo import vision as vision_demo
 
+            began = time.perf_counter()
             vision = vision_demo.run(as_, base.cache_dir, progress=progress)
+            seconds["demo-digits"] = round(time.perf_counter() - began, 1)
             steps.append(
                 f"demo-digits: classes {', '.join(map(str, vision['classes']))} forgotten one request at a time; "
                 f"prod serves v{vision['steps'][-1]['served_version']}"
             )
             from forgetd.demo import credit_explanations
 
+            began = time.perf_counter()
             explanations = credit_explanations.run(as_, base.cache_dir, home)
+            seconds["demo-credit"] = round(time.perf_counter() - began, 1)
             steps.append(
                 f"demo-credit: {explanations['issued']['plain']['count']} plain and "
                 f"{explanations['issued']['robust']['count']} deletion-robust counterfactuals issued, "
@@ -134,14 +142,17 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
             )
             from forgetd.demo import t2i as t2i_demo
 
+            began = time.perf_counter()
             t2i = t2i_demo.run(as_, base.cache_dir, home, progress=progress)
+            seconds["demo-shapes"] = round(time.perf_counter() - began, 1)
             steps.append(f"demo-shapes: concept '{t2i['concept']}' erased ({t2i['status']}), prod serves "
                          f"v{t2i['served_version']}; before/after grids in {t2i['grids']}")
             verify = api.audit_verify(as_("alice"))
             steps.append(f"audit verify: {'intact' if verify['ok'] else 'BROKEN'} ({verify['checked']} events)")
         requests = api.request_list(as_("alice"))
         return {"home": str(home), "steps": steps, "requests": requests, "sweep": swept, "audit": verify, "llm": llm,
-                "vision": vision, "explanations": explanations, "t2i": t2i}
+                "vision": vision, "explanations": explanations, "t2i": t2i,
+                "seconds": seconds}
     finally:
         for ctx in ctxs.values():
             ctx.close()

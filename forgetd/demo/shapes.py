@@ -118,7 +118,10 @@ class ShapesConfig:
     snr_gamma: float = 5.0  # min-SNR-γ loss weighting (0 = plain ε MSE): converges in fewer steps
     no_colour_fraction: float = 0.25
     # sampling
-    num_inference_steps: int = 20
+    # DPM-Solver++: 10 steps judge the same as 20 on this model (circle prompts 1.000 vs 1.000, other shapes
+    # 0.987 vs 0.987, colours 0.984 vs 1.000; 128 images each) in half the time, and every verification,
+    # stopping-rule evaluation and demo grid is that many UNet calls
+    num_inference_steps: int = 10
     guidance_scale: float = 5.0
     # verifier
     verifier_steps: int = 800
@@ -142,7 +145,7 @@ class ShapesConfig:
         """Small enough to train inside the test suite on one thread, good enough to erase a concept from."""
         return cls(
             colours=("red", "green", "blue"), n_images=2048, vae_steps=200, unet_steps=1000,
-            unet_batch=32, verifier_steps=400, num_inference_steps=10,
+            unet_batch=32, verifier_steps=400,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -322,6 +322,9 @@ def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain=
     if not targets:
         raise DomainError("nothing to forget: no payload", field="forget")
     targets = list(dict.fromkeys(targets))
+    if replacement is not None and by_word.get(replacement.lower()) in targets:
+        raise DomainError("the replacement names the concept being erased; name another concept or leave it out",
+                          field="forget.replacement")
     excluded = {by_word.get(str(e).lower(), str(e)) for e in exclude_from_retain} | set(targets)
     others = [s for s in shapes if s not in excluded]
     colour_words: list[str | None] = list(colours) or [None]

@@ -88,6 +88,9 @@ class TrainSpec(BaseModel):
     # Text-to-image concept erasure (SPM, ESD-x). Target ε(x_t,∅) − η·(ε(x_t,c) − ε(x_t,∅)) with η =
     # `erase_guidance`; the anchor term is weighted by `retain_weight` over `retain_batch_size` anchors.
     erase_guidance: float = Field(default=1.0, ge=0, le=100)
+    # η when the request names a replacement concept r: the target is then ε(x_t,r) − η·(ε(x_t,c) − ε(x_t,r)),
+    # already a concrete place to go, so a smaller push suffices and spares what shares r's words
+    replacement_guidance: float = Field(default=1.0, ge=0, le=100)
     # x_t come from the model's own images: this many generated per target / anchor prompt before training
     pool_images: int = Field(default=8, ge=1, le=4096)
     lr_schedule: Literal["constant", "cosine"] = "constant"

@@ -126,6 +126,20 @@ def test_forget_data_payload_errors_name_the_field():
     payload = {"concept": "circle", "anchors": ["box", "circle"], "replacement": "square"}
     data = family.forget_data(_dataset(), [payload])
     assert data.anchors == ("box",) and data.replacement == "square"
+    with pytest.raises(DomainError) as err:
+        family.forget_data(_dataset(), [{"concept": "circle", "replacement": "Disc"}])
+    assert err.value.field == "forget.replacement"
+
+
+def test_spm_steers_towards_the_named_replacement_in_the_erase_texts_template():
+    from forgetd.training.recipes import spm
+
+    plain = family.forget_data(_dataset(), [{"concept": "circle"}])
+    assert spm.replacement_text("a circle", plain) == ""
+    swapped = family.forget_data(_dataset(), [{"concept": "disc", "replacement": "cross"}])
+    assert spm.replacement_text("a circle", swapped) == "a cross"
+    assert spm.replacement_text("circle", swapped) == "cross"
+    assert spm.replacement_text("round", swapped) == "cross"  # no target word to swap: the replacement alone
 
 
 def test_two_targets_in_one_batch():
