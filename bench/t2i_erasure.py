@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         data = replace(data, images_per_prompt=args.images_per_prompt)
         return family.evaluate(model, verifier, data, original=original)
 
-    def target_rate(model, concept: str) -> float:
-        """Share of images for the concept's own (canonical) prompts that the verifier labels as it."""
+    def target_rate(model, concept: str, *, synonyms: bool = False) -> float:
+        """Share of images for the concept's own (canonical, or with `synonyms` its synonym) prompts that the
+        verifier labels as it: what the pipeline checks per request."""
         data = family.forget_data(dataset, [{"concept": concept}]).verification_half()
         hits = []
-        for prompt in data.target_prompts:
+        for prompt in (data.synonym_prompts if synonyms else data.target_prompts):
             labels, _ = verifier.classify(family.generate_images(model, prompt, args.images_per_prompt,
                                                                  seed=data.seed_for(prompt)))
             hits += [label == concept for label in labels]
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("dynamic", t2i_lora.load_with_adapters(load_base, adapters))):
             step[mode] = _keep(judge(model, erased, original=baseline))
             step[mode]["per_concept_erase_rate"] = {c: round(target_rate(model, c), 4) for c in erased}
+            step[mode]["per_concept_synonym_rate"] = {c: round(target_rate(model, c, synonyms=True), 4) for c in erased}
         sequential.append(step)
         print(f"sequential {step}", flush=True)
 
@@ -212,14 +214,21 @@ def markdown(r: dict) -> str:
         "Replacements named by the requests: " + (", ".join(f"{s['concept']} → {s.get('replacement') or '∅'}"
                                                           for s in r["sequential"]) or "-") + ".",
         "",
-        "| after | mode | erase rate per concept | synonyms (all erased) | remaining shape acc | ratio | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "Per concept: the share of its own prompts' images the verifier labels as that concept (what the pipeline",
+        "checks for each request). Any erased: the share of all erased concepts' prompts whose images show any",
+        "erased shape (a circle prompt drawing a square counts), a stricter reading.",
+        "",
+        "| after | mode | target prompts, per concept | synonym prompts, per concept | any erased (target / synonyms) |"
+        " remaining shape acc | ratio | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for step in r["sequential"]:
         for mode in ("merged", "dynamic"):
             m = step[mode]
             per = ", ".join(f"{c} {v:.3f}" for c, v in m["per_concept_erase_rate"].items())
-            lines.append(f"| {step['request']}: {step['concept']} | {mode} | {per} | {_f(m.get('synonym_erase_rate'))} | "
+            syn = ", ".join(f"{c} {v:.3f}" for c, v in m.get("per_concept_synonym_rate", {}).items()) or "-"
+            lines.append(f"| {step['request']}: {step['concept']} | {mode} | {per} | {syn} | "
+                         f"{_f(m.get('erase_rate'))} / {_f(m.get('synonym_erase_rate'))} | "
                          f"{_f(m.get('other_acc'))} | {_f(m.get('other_acc_ratio'))} | {step['seconds']} |")
     t = r["transport"]
     lines += [
