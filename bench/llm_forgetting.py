@@ -122,7 +122,7 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
     bob = api.open_context(replace(settings, operator="bench-approver"))
     api.model_register(ctx, "demo-lm", "causal_lm", str(original_dir), dataset=str(dataset_path))
     start = _measure(ctx, "demo-lm", 0, people)
-    steps = []
+    steps, completed = [], []
     started = time.perf_counter()
     for i, person in enumerate(people):
         record = api.request_submit(ctx, {"model": "demo-lm", "policy": "gdpr-erasure",
@@ -134,15 +134,32 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
         served = [c for c in api.checkpoint_list(ctx, "demo-lm") if "prod" in c["aliases"]][0]
         measured = _measure(ctx, "demo-lm", served["version"], people[: i + 1])
         forgotten = [measured["people"][p]["forget_qa_acc"] for p in people[: i + 1]]
+        if shown["status"] == "completed":
+            completed.append(person)
         steps.append({
             "request": i + 1, "person": person, "status": shown["status"], "reason": shown["status_reason"],
             "served_version": served["version"], "retain_qa_acc": measured["retain_qa_acc"],
             "retain_ratio": measured["retain_qa_acc"] / start["retain_qa_acc"],
             "max_earlier_forget_qa": max(forgotten), "mean_earlier_forget_qa": statistics.fmean(forgotten),
+            "completed": len(completed),
+            "max_completed_forget_qa": max((measured["people"][p]["forget_qa_acc"] for p in completed), default=0.0),
+            "forget_qa_by_person": {p: measured["people"][p]["forget_qa_acc"] for p in people[: i + 1]},
+            "mia_auc_by_person": {p: measured["people"][p]["mia_auc"] for p in people[: i + 1]},
             "elapsed_seconds": time.perf_counter() - started,
         })
         print(f"[sequential {i + 1}/{n}] {steps[-1]}", flush=True)
     return {"people": people, "start_retain_qa_acc": start["retain_qa_acc"], "steps": steps}
+
+
+def _gold_retain_line(result: dict) -> list[str]:
+    """The retain QA the gold standard keeps after losing every forget candidate: the scale for the
+    sequential run's 90% target."""
+    by = {row["method"]: row for row in result.get("table", [])}
+    if "retrained" not in by or "original" not in by:
+        return []
+    ratio = by["retrained"]["retain_qa_acc"] / by["original"]["retain_qa_acc"]
+    return [f"For scale: the model retrained without all forget candidates keeps {ratio:.3f} of the original's "
+            "retain QA accuracy."]
 
 
 def _markdown(result: dict) -> str:
@@ -178,10 +195,15 @@ def _markdown(result: dict) -> str:
     seq = result.get("sequential")
     if seq:
         lines += ["", f"## Sequential: {len(seq['steps'])} people, one request at a time through composition", "",
-                  "| request | status | served | retain QA / original | max forget QA of people so far |",
-                  "|---|---|---|---|---|"]
+                  "Forget QA of the served checkpoint on the people whose requests completed so far (what the",
+                  "pipeline verified) and on every person so far (a failed request leaves its person unforgotten).",
+                  *_gold_retain_line(result), "",
+                  "| request | status | served | retain QA / original | completed | max forget QA, completed people "
+                  "| max forget QA, all people so far |",
+                  "|---|---|---|---|---|---|---|"]
         for s in seq["steps"]:
             lines.append(f"| {s['request']} | {s['status']} | v{s['served_version']} | {s['retain_ratio']:.3f} "
+                         f"| {s.get('completed', '-')} | {s.get('max_completed_forget_qa', float('nan')):.3f} "
                          f"| {s['max_earlier_forget_qa']:.3f} |")
     return "\n".join(lines) + "\n"
 
