@@ -26,10 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -406,32 +403,13 @@ def save_credit(trained: TrainedCredit, root: Path) -> CreditDemo:
 def ensure_credit_model(
     home: Path | str, cfg: CreditConfig | None = None, progress: Progress | None = None, *, threads: int | None = 1
 ) -> CreditDemo:
-    """``home/cache/credit-mlp-<cache_key>``, trained first if missing (built under a temporary name and
-    renamed, under a lock, like the tiny LM)."""
-    from forgetd.demo.tiny_lm import _file_lock, _relax_permissions
+    """``home/cache/credit-mlp-<cache_key>``, trained first if missing (`forgetd.demo.cache.ensure_built`)."""
+    from forgetd.demo.cache import ensure_built
 
     cfg = cfg or CreditConfig()
-    cache = Path(home) / "cache"
-    final = cache / f"credit-mlp-{cfg.cache_key()}"
-    if (final / DEMO_META_FILE).is_file():
-        return CreditDemo(final)
-    with _file_lock(cache / f".credit-mlp-{cfg.cache_key()}.lock"):
-        if (final / DEMO_META_FILE).is_file():
-            return CreditDemo(final)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".credit-mlp-{cfg.cache_key()}-", dir=cache))
-        try:
-            save_credit(fit_credit_model(cfg, progress=progress, threads=threads), tmp)
-            _relax_permissions(tmp)
-            for sub in tmp.iterdir():
-                if sub.is_dir():
-                    _relax_permissions(sub)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return CreditDemo(final)
+    return CreditDemo(ensure_built(
+        home, f"credit-mlp-{cfg.cache_key()}", ready=lambda d: (d / DEMO_META_FILE).is_file(),
+        build=lambda d: save_credit(fit_credit_model(cfg, progress=progress, threads=threads), d)))
 
 
 def load_credit_dataset(demo: CreditDemo):

@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from forgetd.demo.tiny_lm import _file_lock, _no_hf_progress_bars, _relax_permissions, _torch_threads
+from forgetd.demo.tiny_lm import _no_hf_progress_bars, _torch_threads
 from forgetd.families.image_classifier import PIXEL_MEAN_KEY, PIXEL_STD_KEY
 
 __all__ = [
@@ -309,30 +306,13 @@ def ensure_digits_vit(
     home: Path | str, cfg: DigitsConfig | None = None, progress: Progress | None = None, *, threads: int | None = 1
 ) -> Path:
     """The cached root `home/cache/digits-vit-<cache_key>` (see `model_path`, `dataset_path`), trained first
-    if missing. Concurrent callers wait on a lock file; a half-built directory is never visible."""
+    if missing (`forgetd.demo.cache.ensure_built`)."""
+    from forgetd.demo.cache import ensure_built
+
     cfg = cfg or DigitsConfig()
-    cache = Path(home) / "cache"
-    key = cfg.cache_key()
-    final = cache / f"digits-vit-{key}"
-    if (model_path(final) / DEMO_META_FILE).is_file():
-        return final
-    with _file_lock(cache / f".digits-vit-{key}.lock"):
-        if (model_path(final) / DEMO_META_FILE).is_file():
-            return final
-        if final.exists():
-            shutil.rmtree(final)
-        for stale in cache.glob(f".digits-vit-{key}-*"):  # builders killed midway (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".digits-vit-{key}-", dir=cache))
-        try:
-            train_digits_vit(cfg, tmp, progress, threads=threads)
-            _relax_permissions(tmp)
-            _relax_permissions(model_path(tmp))
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+    return ensure_built(home, f"digits-vit-{cfg.cache_key()}",
+                        ready=lambda d: (model_path(d) / DEMO_META_FILE).is_file(),
+                        build=lambda d: train_digits_vit(cfg, d, progress, threads=threads))
 
 
 def read_demo_meta(root_or_model_dir: Path | str) -> dict[str, Any]:

@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from forgetd.demo.tiny_lm import _file_lock, _no_hf_progress_bars, _relax_permissions, _torch_threads
+from forgetd.demo.tiny_lm import _no_hf_progress_bars, _torch_threads
 from forgetd.families.text_to_image import COLOUR_LABEL, SETTINGS_FILE, VERIFIER_DIR, Verifier, prompt_for
 
 __all__ = [
@@ -656,38 +653,17 @@ def dataset_path(root: Path | str) -> Path:
     return Path(root) / DATASET_FILE
 
 
-def _relax_tree(directory: Path) -> None:
-    for d in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
-        _relax_permissions(d)
-
-
 def ensure_shapes_t2i(
     home: Path | str, cfg: ShapesConfig | None = None, progress: Progress | None = None, *, threads: int | None = 1
 ) -> Path:
     """The cached root `home/cache/shapes-t2i-<cache_key>` (see `model_path`, `dataset_path`), trained first
-    if missing. Concurrent callers wait on a lock file; a half-built directory is never visible."""
+    if missing (`forgetd.demo.cache.ensure_built`)."""
+    from forgetd.demo.cache import ensure_built
+
     cfg = cfg or ShapesConfig()
-    cache = Path(home) / "cache"
-    key = cfg.cache_key()
-    final = cache / f"shapes-t2i-{key}"
-    if (model_path(final) / DEMO_META_FILE).is_file():
-        return final
-    with _file_lock(cache / f".shapes-t2i-{key}.lock"):
-        if (model_path(final) / DEMO_META_FILE).is_file():
-            return final
-        if final.exists():
-            shutil.rmtree(final)
-        for stale in cache.glob(f".shapes-t2i-{key}-*"):  # builders killed midway (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".shapes-t2i-{key}-", dir=cache))
-        try:
-            train_shapes_t2i(cfg, tmp, progress, threads=threads)
-            _relax_tree(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+    return ensure_built(home, f"shapes-t2i-{cfg.cache_key()}",
+                        ready=lambda d: (model_path(d) / DEMO_META_FILE).is_file(),
+                        build=lambda d: train_shapes_t2i(cfg, d, progress, threads=threads))
 
 
 def read_demo_meta(root_or_model_dir: Path | str) -> dict[str, Any]:

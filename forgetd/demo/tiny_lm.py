@@ -27,10 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -589,19 +586,6 @@ def _default_config() -> TinyLMConfig:
     return TinyLMConfig()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_tiny_lm(
     home: Path | str,
     cfg: TinyLMConfig | None = None,
@@ -609,42 +593,13 @@ def ensure_tiny_lm(
     *,
     threads: int | None = 1,
 ) -> Path:
-    """The cached model directory ``home/cache/tiny-lm-<cache_key>``, trained first if it is missing.
+    """The cached model directory ``home/cache/tiny-lm-<cache_key>``, trained first if it is missing
+    (`forgetd.demo.cache.ensure_built`: under a lock, renamed into place when finished)."""
+    from forgetd.demo.cache import ensure_built
 
-    Concurrent callers wait on a lock file beside it; a half-built directory is never visible (it is built
-    under a temporary name and renamed)."""
     cfg = cfg or _default_config()
-    cache = Path(home) / "cache"
-    final = cache / f"tiny-lm-{cfg.cache_key()}"
-    if (final / DEMO_META_FILE).is_file():
-        return final
-    with _file_lock(cache / f".tiny-lm-{cfg.cache_key()}.lock"):
-        if (final / DEMO_META_FILE).is_file():
-            return final
-        if final.exists():  # left over from an interrupted manual copy: rebuild
-            shutil.rmtree(final)
-        for stale in cache.glob(f".tiny-lm-{cfg.cache_key()}-*"):  # builders killed midway (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tiny-lm-{cfg.cache_key()}-", dir=cache))
-        try:
-            train_tiny_lm(cfg, tmp, progress, threads=threads)
-            _relax_permissions(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
-
-
-def _relax_permissions(directory: Path) -> None:
-    """mkdtemp makes a 0700 directory: give the finished model the modes the umask allows (readable by the
-    daemon's user and the operator's alike, if the umask says so)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for f in directory.iterdir():
-        if f.is_file():
-            f.chmod(0o666 & ~umask)
+    return ensure_built(home, f"tiny-lm-{cfg.cache_key()}", ready=lambda d: (d / DEMO_META_FILE).is_file(),
+                        build=lambda d: train_tiny_lm(cfg, d, progress, threads=threads))
 
 
 # ------------------------------------------------------------------------------------------- loading
