@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         verifier labels as it: what the pipeline checks per request."""
         data = family.forget_data(dataset, [{"concept": concept}]).verification_half()
         hits = []
-        for prompt in (data.synonym_prompts if synonyms else data.target_prompts):
-            labels, _ = verifier.classify(family.generate_images(model, prompt, args.images_per_prompt,
-                                                                 seed=data.seed_for(prompt)))
+        prompts = data.synonym_prompts if synonyms else data.target_prompts
+        for images in family.generate_batch(model, [(p, args.images_per_prompt, data.seed_for(p)) for p in prompts]):
+            labels, _ = verifier.classify(images)
             hits += [label == concept for label in labels]
         return float(np.mean(hits))
 
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     unrelated = [p for p, _ in data.other_prompts]
     models = {"original": load_base(), "dynamic": t2i_lora.load_with_adapters(load_base, adapters),
               "merged": t2i_lora.merged_pipeline(load_base, adapters, [1.0] * len(adapters))}
-    images = {name: [family.generate_images(model, p, args.images_per_prompt, seed=data.seed_for(p))
-                     for p in unrelated] for name, model in models.items()}
+    images = {name: family.generate_batch(model, [(p, args.images_per_prompt, data.seed_for(p)) for p in unrelated])
+              for name, model in models.items()}
     transport = {"prompts": unrelated, "remaining_shapes": remaining,
                  "gammas": {p: [round(g, 4) for g in models["dynamic"].gammas(p)] for p in unrelated}}
     for name in ("original", "dynamic", "merged"):

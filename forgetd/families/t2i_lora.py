@@ -359,8 +359,9 @@ class TransportPipeline:
         if len(set(prompts)) == 1:
             self._apply(self.scales(prompts[0]))
             return self.pipe(prompt=prompt, **kwargs)
-        # Different prompts need different scales: one call per prompt, in order. A list of generators is
-        # split with them; one shared generator is consumed prompt by prompt.
+        # Different prompts need different scales: one call per prompt (per run of equal prompts where the
+        # noise is given per image), in order. A list of generators or latents is split with them; one
+        # shared generator is consumed prompt by prompt.
         return self._per_prompt(prompts, kwargs)
 
     def _per_prompt(self, prompts: list[str], kwargs: dict[str, Any]):
@@ -371,19 +372,30 @@ class TransportPipeline:
         latents = kwargs.pop("latents", None)
         per_prompt = kwargs.get("num_images_per_prompt", 1) or 1
         images = []
-        for i, p in enumerate(prompts):
-            sl = slice(i * per_prompt, (i + 1) * per_prompt)
+        # neighbours at equal scales (the same prompt, or prompts every adapter scores alike) share a call
+        # when each image's noise is fixed in advance (latents or one generator per image); a shared
+        # generator keeps one call per prompt, so it is consumed as before
+        mergeable = negative is None and (latents is not None or isinstance(generator, list))
+        start = 0
+        while start < len(prompts):
+            end = start + 1
+            scales = self.scales(prompts[start])
+            while mergeable and end < len(prompts) and (prompts[end] == prompts[start]
+                                                        or self.scales(prompts[end]) == scales):
+                end += 1
+            sl = slice(start * per_prompt, end * per_prompt)
             extra = dict(kwargs)
             if isinstance(generator, list):
                 extra["generator"] = generator[sl]
             elif generator is not None:
                 extra["generator"] = generator
             if negative is not None:
-                extra["negative_prompt"] = negative if isinstance(negative, str) else negative[i]
+                extra["negative_prompt"] = negative if isinstance(negative, str) else negative[start]
             if latents is not None:
                 extra["latents"] = latents[sl]
-            self._apply(self.scales(p))
-            images.append(self.pipe(prompt=p, **extra).images)
+            self._apply(scales)
+            images.append(self.pipe(prompt=prompts[start:end], **extra).images)
+            start = end
         first = images[0]
         if isinstance(first, np.ndarray):
             out = np.concatenate(images)

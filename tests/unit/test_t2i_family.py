@@ -193,6 +193,26 @@ def test_generation_shape_and_determinism(tiny_root):
     assert len(names) == 3 and set(names) <= {*TINY.shapes, "none"} and set(colours) <= set(TINY.colours)
 
 
+def test_batched_generation_equals_one_prompt_at_a_time(tiny_root):
+    """generate_batch draws each request's noise as a one-prompt call with its seeded generator would, and
+    chunks by max_images without changing a pixel."""
+    import numpy as np
+
+    pipe = family.load_model(shapes.model_path(tiny_root))
+    requests = [("a red circle", 3, 7), ("a blue square", 2, 8), ("a red circle", 3, 9)]
+    reference = []
+    for prompt, n, seed in requests:  # what generate_images did before batching: one call, one generator
+        out = pipe(prompt=[prompt] * n, num_inference_steps=2, guidance_scale=5.0, height=TINY.image_size,
+                   width=TINY.image_size, generator=torch.Generator().manual_seed(seed), output_type="np")
+        reference.append((np.clip(np.asarray(out.images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8))
+    for max_images in (512, 4, 1):
+        batched = family.generate_batch(pipe, requests, steps=2, max_images=max_images)
+        assert [b.shape[0] for b in batched] == [3, 2, 3]
+        for a, b in zip(batched, reference):
+            assert (a == b).all()
+    assert not (reference[0] == reference[2]).all()
+
+
 def test_verifier_round_trip(tmp_path):
     import numpy as np
 

@@ -289,8 +289,8 @@ def _latent_pool(pipe, prompts, per_prompt: int, *, seed: int):
 
     from forgetd.families import text_to_image as family
 
-    images = np.concatenate([family.generate_images(pipe, p, per_prompt, seed=seed + 7919 * i)
-                             for i, p in enumerate(prompts)])
+    images = np.concatenate(family.generate_batch(pipe, [(p, per_prompt, seed + 7919 * i)
+                                                         for i, p in enumerate(prompts)]))
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mean
