@@ -57,9 +57,7 @@ class Prebuild:
 def shapes_cached(cache_dir: Path, cfg=None) -> bool:
     from forgetd.demo import shapes
 
-    cfg = cfg or shapes.ShapesConfig()
-    return (shapes.model_path(Path(cache_dir) / "cache" / f"shapes-t2i-{cfg.cache_key()}")
-            / shapes.DEMO_META_FILE).is_file()
+    return shapes.is_built(Path(cache_dir) / "cache" / shapes.cache_name(cfg or shapes.ShapesConfig()))
 
 
 def start(cache_dir: Path, log_path: Path, cfg=None) -> Prebuild | None:

@@ -661,9 +661,18 @@ def ensure_shapes_t2i(
     from forgetd.demo.cache import ensure_built
 
     cfg = cfg or ShapesConfig()
-    return ensure_built(home, f"shapes-t2i-{cfg.cache_key()}",
-                        ready=lambda d: (model_path(d) / DEMO_META_FILE).is_file(),
+    return ensure_built(home, cache_name(cfg), ready=is_built,
                         build=lambda d: train_shapes_t2i(cfg, d, progress, threads=threads))
+
+
+def cache_name(cfg: ShapesConfig) -> str:
+    """The folder under `home/cache` that `ensure_shapes_t2i` builds for `cfg`."""
+    return f"shapes-t2i-{cfg.cache_key()}"
+
+
+def is_built(root: Path | str) -> bool:
+    """Whether `root` holds a finished build (its metadata file is written last)."""
+    return (model_path(root) / DEMO_META_FILE).is_file()
 
 
 def read_demo_meta(root_or_model_dir: Path | str) -> dict[str, Any]:

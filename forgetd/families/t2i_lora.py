@@ -359,8 +359,8 @@ class TransportPipeline:
         if len(set(prompts)) == 1:
             self._apply(self.scales(prompts[0]))
             return self.pipe(prompt=prompt, **kwargs)
-        # Different prompts need different scales: one call per prompt (per run of equal prompts where the
-        # noise is given per image), in order. A list of generators or latents is split with them; one
+        # Different prompts need different scales: one call per prompt (per run of prompts at equal scales
+        # where the noise is given per image), in order. A list of generators or latents is split with them; one
         # shared generator is consumed prompt by prompt.
         return self._per_prompt(prompts, kwargs)
 
@@ -380,8 +380,7 @@ class TransportPipeline:
         while start < len(prompts):
             end = start + 1
             scales = self.scales(prompts[start])
-            while mergeable and end < len(prompts) and (prompts[end] == prompts[start]
-                                                        or self.scales(prompts[end]) == scales):
+            while mergeable and end < len(prompts) and self.scales(prompts[end]) == scales:
                 end += 1
             sl = slice(start * per_prompt, end * per_prompt)
             extra = dict(kwargs)

@@ -424,8 +424,7 @@ def evaluate(model, verifier: Verifier, data: ConceptData, *, original: dict[str
         metrics[key.replace("erase_rate", "none_rate")] = _share(none)
     per_shape: dict[str, list[bool]] = {}
     colour_flags: list[bool] = []
-    judged = judged[n_target + n_synonym:]
-    for (prompt, expected), (shapes, got_colours) in zip(data.other_prompts, judged):
+    for (prompt, expected), (shapes, got_colours) in zip(data.other_prompts, judged[n_target + n_synonym:]):
         per_shape.setdefault(expected, []).extend(s == expected for s in shapes)
         wanted = _colour_of(prompt, colours)
         if wanted is not None:
