@@ -74,6 +74,42 @@ def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: floa
     return rows
 
 
+def _wide(args, original_dir: Path, retrained_dir: Path, corpus, dataset, rows: dict[str, list[dict]]) -> dict:
+    """npo-lora and the retrained model on every forget candidate (seed i forgets person i), reusing the
+    first seeds' runs: how much of the 5-seed MIA gap is which five people were drawn. A never-seen
+    person's AUC against the holdout people is a property of that person (how predictable their texts
+    are), spread widely around 0.5, so five people's mean is far from 0.5 more often than not."""
+    from forgetd.families import causal_lm
+    from forgetd.training.registry import get_recipe
+
+    people = [p.id for p in corpus.forget_candidates][: args.wide]
+    tokenizer = causal_lm.load_tokenizer(original_dir)
+    retrained = causal_lm.load_model(retrained_dir)
+    out = {"people": people, "retrained": [], "npo-lora": []}
+    for seed, person in enumerate(people):
+        data = causal_lm.forget_data(dataset, [{"corpus_ids": [person]}])
+        judge = data.verification_half()
+        if seed < len(rows.get("npo-lora", [])):
+            out["retrained"].append(rows["retrained"][seed]["mia_auc"])
+            out["npo-lora"].append(rows["npo-lora"][seed]["mia_auc"])
+            continue
+        out["retrained"].append(_metrics(retrained, tokenizer, judge)["mia_auc"])
+        recipe = get_recipe(ROOT / "adapters", "npo-lora", seed=seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            from peft import PeftModel
+
+            recipe.module().train(recipe, model=causal_lm.load_model(original_dir), tokenizer=tokenizer,
+                                  data=data, out_dir=Path(tmp) / "out")
+            trained = PeftModel.from_pretrained(causal_lm.load_model(original_dir), str(Path(tmp) / "out")).eval()
+            out["npo-lora"].append(_metrics(trained, tokenizer, judge)["mia_auc"])
+        print(f"[wide {seed} {person}] retrained {out['retrained'][-1]:.3f} npo-lora {out['npo-lora'][-1]:.3f}", flush=True)
+    for key in ("retrained", "npo-lora"):
+        out[key + "_mean"] = statistics.fmean(out[key])
+        out[key + "_sd"] = statistics.pstdev(out[key])
+    out["abs_diff_of_means"] = abs(out["npo-lora_mean"] - out["retrained_mean"])
+    return out
+
+
 def _summary(rows: dict[str, list[dict]], retrain_seconds: float) -> list[dict]:
     table = []
     for name, runs in rows.items():
@@ -192,6 +228,19 @@ def _markdown(result: dict) -> str:
             f"- retain QA / original: {t['retain_ratio_vs_original']:.3f} (target ≥ 0.95)",
             f"- time: {t['pct_of_retraining']:.2f}% of retraining (target ≤ 5%)",
         ]
+    wide = result.get("wide")
+    if wide:
+        n = len(wide["people"])
+        lines += [
+            "",
+            f"## MIA AUC on all {n} forget candidates (seed i forgets person i; the first rows are the runs above)",
+            "",
+            f"- retrained: {wide['retrained_mean']:.3f} ± {wide['retrained_sd']:.3f}; "
+            f"npo-lora: {wide['npo-lora_mean']:.3f} ± {wide['npo-lora_sd']:.3f}; "
+            f"|difference of means|: {wide['abs_diff_of_means']:.3f}",
+            "- per person, retrained: " + ", ".join(f"{v:.2f}" for v in wide["retrained"]),
+            "- per person, npo-lora: " + ", ".join(f"{v:.2f}" for v in wide["npo-lora"]),
+        ]
     seq = result.get("sequential")
     if seq:
         lines += ["", f"## Sequential: {len(seq['steps'])} people, one request at a time through composition", "",
@@ -213,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--sequential", type=int, default=20)
     ap.add_argument("--recipes", nargs="*", default=RECIPES)
+    ap.add_argument("--wide", type=int, default=20, help="also npo-lora and retrained MIA AUC on this many people")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="model cache (default: FORGETD_CACHE_DIR or ~/.cache/forgetd)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -255,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "targets": _targets(rows, table),
             "runs": rows,
         }
+        if args.wide and "npo-lora" in args.recipes:
+            result["wide"] = _wide(args, original, retrained, corpus, dataset, rows)
         if args.sequential:
             result["sequential"] = _sequential(args, original, dataset_path, corpus, work)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -76,9 +76,10 @@ def checkpoint_dir(ctx, checkpoint: Checkpoint) -> Path:
     return ctx.store.open_dir("checkpoint", checkpoint.uri.rsplit("/", 1)[-1])
 
 
-def _forget_data(ctx, s, model: Model, requests: list[Request]):
+def _forget_data(ctx, s, model: Model, requests: list[Request], *, keep_forgotten: bool = False):
     """Forget data for `requests`; retain data excludes every record any open or completed request of
-    the model is forgetting (completed ones included: their data must not be trained back in)."""
+    the model is forgetting (completed ones included: their data must not be trained back in). With
+    `keep_forgotten` (training), families that support it also carry the completed requests' forget data."""
     from forgetd.families import family_module
 
     family = family_module(model.family)
@@ -92,13 +93,18 @@ def _forget_data(ctx, s, model: Model, requests: list[Request]):
     ).scalars()
     # record ids (data requests), class labels (class requests) and concepts already being forgotten
     excluded: set = set()
+    honoured = []  # completed requests: the served checkpoint already forgets them
     for r in others:
         payload = _payload(ctx, r)
+        if r.status is St.completed:
+            honoured.append(payload)
         excluded |= set(payload.get("corpus_ids", []))
         excluded |= {int(label) for label in payload.get("labels", []) if str(label).lstrip("-").isdigit()}
         if payload.get("concept"):
             excluded.add(payload["concept"])
-    return family.forget_data(dataset, [_payload(ctx, r) for r in requests], exclude_from_retain=excluded)
+    data = family.forget_data(dataset, [_payload(ctx, r) for r in requests], exclude_from_retain=excluded)
+    with_forgotten = getattr(family, "with_forgotten", None)
+    return with_forgotten(data, dataset, honoured) if with_forgotten and keep_forgotten else data
 
 
 def _composition(family):
@@ -184,7 +190,7 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         family = family_module(model.family)
         with ctx.session() as s:
             requests = [_lock_request(s, pid) for pid in public_ids]
-            data = _forget_data(ctx, s, model, requests)
+            data = _forget_data(ctx, s, model, requests, keep_forgotten=recipe.train.keep_forgotten_weight > 0)
             against = s.get(Checkpoint, against.id)
             weights_dir = checkpoint_dir(ctx, against)
             against_ref = {"model": model.name, "version": against.version, "content_id": against.content_id}

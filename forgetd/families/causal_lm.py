@@ -92,6 +92,9 @@ class ForgetData:
     reference_texts: list[str]
     reference_qa: list[tuple[str, str]]
     general_texts: list[str] = field(default_factory=list)
+    # What the checkpoint the adapter trains against already forgets: (texts, QA) per completed request of
+    # the model. Recipes that keep it forgotten read it; verification never does.
+    forgotten: list[tuple[list[str], list[tuple[str, str]]]] = field(default_factory=list)
 
     def calibration_half(self) -> "ForgetData":
         """Even-indexed reference data: what recipes may look at to decide when to stop."""
@@ -106,6 +109,9 @@ class ForgetData:
 
     def retain_documents(self) -> list[str]:
         return self.retain_texts + [format_qa(q, a) for q, a in self.retain_qa]
+
+    def forgotten_documents(self) -> list[str]:
+        return [doc for texts, qa in self.forgotten for doc in [*texts, *(format_qa(q, a) for q, a in qa)]]
 
 
 def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain: set[str] = frozenset()) -> ForgetData:
@@ -137,6 +143,19 @@ def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain:
         reference_qa=dataset.qa_of(reference_ids) if dataset else [],
         general_texts=list(dataset.general) if dataset else [],
     )
+
+
+def with_forgotten(data: ForgetData, dataset, payloads: list[dict[str, Any]]) -> ForgetData:
+    """`data` plus the forget data of `payloads` (the requests the served checkpoint already honours), so
+    that a recipe can hold them where they are: a new adapter composed on top must not bring them back."""
+    forgotten = []
+    for payload in payloads:
+        ids = [i for i in payload.get("corpus_ids", []) if dataset is not None and i in dataset.records]
+        texts = list(payload.get("texts", [])) + (dataset.texts_of(ids) if dataset is not None else [])
+        qa = dataset.qa_of(ids) if dataset is not None else []
+        if texts or qa:
+            forgotten.append((texts, qa))
+    return replace(data, forgotten=forgotten)
 
 
 def evaluate(model, tokenizer, data: ForgetData, *, original: dict[str, Any] | None = None) -> dict[str, Any]:

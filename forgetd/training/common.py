@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from forgetd.errors import DomainError
@@ -104,7 +104,12 @@ def check_loss(loss, *, step: int, limit: float) -> float:
 @dataclass
 class StopCheck:
     """Stop once the forget set looks like the calibration half of the reference set: QA accuracy no
-    higher than the reference's (plus a margin) and Min-K% MIA AUC no higher than 0.5 (plus a margin)."""
+    higher than the reference's (plus a margin) and Min-K% MIA AUC no higher than 0.5 (plus a margin).
+
+    `kept` holds (texts, QA) of requests the starting checkpoint already forgets. Each is judged by the
+    same criterion against the same reference scores; one that has drifted back (`last_revived`) blocks
+    stopping until the recipe has pushed it back under. With `retain_qa`, stopping also waits until
+    accuracy on that sample reaches `retain_floor`."""
 
     forget_qa: Sequence[tuple[str, str]]
     forget_texts: Sequence[str]
@@ -114,29 +119,61 @@ class StopCheck:
     mia_margin: float
     overshoot: float = 0.15
     reference_qa_acc: float = float("nan")
+    kept: Sequence[tuple[Sequence[str], Sequence[tuple[str, str]]]] = ()
+    last_revived: list[int] = field(default_factory=list)
+    # retain QA sample and the accuracy on it below which stopping waits (the recipe repairs meanwhile);
+    # measured only once everything else is satisfied, so a run that never gets there pays nothing
+    retain_qa: Sequence[tuple[str, str]] = ()
+    retain_floor: float = 0.0
 
     def measure(self, model, tokenizer) -> dict[str, float]:
-        from forgetd.verify.causal_lm import mia_auc, qa_accuracy
+        from forgetd.verify.causal_lm import auc, min_k_scores, qa_correct
 
         was_training = model.training
         model.eval()
         try:
             if math.isnan(self.reference_qa_acc):
-                self.reference_qa_acc = qa_accuracy(model, tokenizer, self.reference_qa) if self.reference_qa else 0.0
-            return {
-                "forget_qa_acc": qa_accuracy(model, tokenizer, self.forget_qa) if self.forget_qa else 0.0,
-                "mia_auc": mia_auc(model, tokenizer, self.forget_texts, self.reference_texts)
-                if self.forget_texts and self.reference_texts
-                else 0.5,
-            }
+                correct = qa_correct(model, tokenizer, self.reference_qa)
+                self.reference_qa_acc = sum(correct) / len(correct) if correct else 0.0
+            # every group's texts and QA in one pass each, judged against one set of reference scores
+            groups = [(self.forget_texts, self.forget_qa), *self.kept]
+            scores = min_k_scores(model, tokenizer, [t for texts, _ in groups for t in texts])
+            correct = qa_correct(model, tokenizer, [qa for _, group_qa in groups for qa in group_qa])
+            reference = min_k_scores(model, tokenizer, self.reference_texts) if self.reference_texts else []
+            verdicts = []
+            for texts, qa in groups:
+                own_scores, scores = scores[: len(texts)], scores[len(texts) :]
+                own_correct, correct = correct[: len(qa)], correct[len(qa) :]
+                verdicts.append((
+                    sum(own_correct) / len(own_correct) if own_correct else 0.0,
+                    auc(own_scores, reference) if own_scores and reference else 0.5,
+                ))
+            self.last_revived = [
+                i for i, (qa_acc, mia) in enumerate(verdicts[1:])
+                if qa_acc > self.reference_qa_acc + self.qa_margin or mia > 0.5 + self.mia_margin
+            ]
+            measured = {"forget_qa_acc": verdicts[0][0], "mia_auc": verdicts[0][1]}
+            if self.kept:
+                measured["kept_revived"] = float(len(self.last_revived))
+            if self.retain_qa and self.forgotten_enough(measured):
+                correct = qa_correct(model, tokenizer, self.retain_qa)
+                measured["retain_qa_acc"] = sum(correct) / len(correct)
+            return measured
         finally:
             model.train(was_training)
 
-    def satisfied(self, measured: dict[str, float]) -> bool:
+    def forgotten_enough(self, measured: dict[str, float]) -> bool:
         return (
             measured["forget_qa_acc"] <= self.reference_qa_acc + self.qa_margin
             and abs(measured["mia_auc"] - 0.5) <= self.mia_margin
+            and not measured.get("kept_revived")
         )
+
+    def retain_short(self, measured: dict[str, float]) -> bool:
+        return measured.get("retain_qa_acc", float("inf")) < self.retain_floor
+
+    def satisfied(self, measured: dict[str, float]) -> bool:
+        return self.forgotten_enough(measured) and not self.retain_short(measured)
 
     def overshot(self, measured: dict[str, float]) -> bool:
         """MIA AUC far below 0.5: the model now treats the forget set as *less* familiar than unseen
@@ -156,7 +193,8 @@ class BestSnapshot:
     def offer(self, model, measured: dict[str, float], stop: StopCheck, step: int) -> None:
         if measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin:
             return
-        score = abs(measured["mia_auc"] - 0.5)
+        # an earlier request drifted back outweighs any distance from 0.5
+        score = abs(measured["mia_auc"] - 0.5) + measured.get("kept_revived", 0.0) + float(stop.retain_short(measured))
         if score < self.score:
             self.score, self.step = score, step
             self.state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}

@@ -72,6 +72,13 @@ class TrainSpec(BaseModel):
     # What the retain KL anchors to: the checkpoint the adapter starts from, or the pristine base (recipes
     # that take an `anchor` model only; see ANCHORED).
     retain_anchor: Literal["start", "base"] = "start"
+    # Weight of a KL term holding the starting checkpoint's outputs on what it already forgets (earlier
+    # completed requests): without it a later adapter can bring an earlier person back when composed.
+    keep_forgotten_weight: float = Field(default=0.0, ge=0)
+    # Stopping waits (forgetting done, the retain term alone training) until QA accuracy on a sample of
+    # `stop_retain_sample` retain questions is at least this share of the retain anchor's (0: off).
+    stop_retain_ratio: float = Field(default=0.0, ge=0, le=1)
+    stop_retain_sample: int = Field(default=128, ge=1, le=100_000)
     max_grad_norm: float = Field(default=1.0, gt=0)
     loss_explode: float = Field(default=1e4, gt=0)
     seed: int = 0

@@ -77,6 +77,33 @@ def test_requests_complete_through_one_verified_checkpoint(pipe):
     assert api.audit_verify(ctx)["ok"]
 
 
+def test_a_later_adapter_holds_what_the_served_checkpoint_already_forgets(pipe):
+    from forgetd.db.models import Model, Request
+
+    ctx, people = pipe
+    first = _submit(ctx, people[0])
+    api.tick(ctx)
+    second, third = _submit(ctx, people[1]), _submit(ctx, people[2])
+    with ctx.session() as s:
+        model = s.execute(select(Model).where(Model.name == "lm")).scalar_one()
+        request = s.execute(select(Request).where(Request.public_id == second)).scalar_one()
+        held = pipeline._forget_data(ctx, s, model, [request], keep_forgotten=True).forgotten
+        plain = pipeline._forget_data(ctx, s, model, [request]).forgotten
+        done = s.execute(select(Request).where(Request.public_id == first)).scalar_one()
+        own = pipeline._forget_data(ctx, s, model, [done])
+    # only the completed request (the served checkpoint's) is held, as its forget data; the open one is not
+    assert plain == [] and held == [(own.forget_texts, own.forget_qa)] and own.forget_texts and own.forget_qa
+    api.tick(ctx)
+    metas = []
+    for version in (1, 2, 3):
+        record = api.checkpoint_show(ctx, "lm", version)
+        newest = record["adapters"][-1]
+        metas.append(json.loads((ctx.store.open_dir("adapter", newest) / pipeline.ADAPTER_META).read_text()))
+    assert [m["train"]["kept_requests"] for m in metas] == [0, 1, 2]
+    assert {r["id"]: r["status"] for r in (api.request_show(ctx, i) for i in (first, second, third))} == {
+        first: "completed", second: "completed", third: "completed"}
+
+
 def test_requests_queued_together_can_share_one_adapter(pipe):
     ctx, people = pipe
     edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", batch_requests=8)
@@ -197,3 +224,21 @@ def test_the_step_gate_judges_each_adapter_against_the_checkpoint_it_started_fro
     assert shown["status"] == "failed" and "retain_qa_acc_ratio_step" in shown["status_reason"]
     (row,) = step_evaluations(third)
     assert row.passed is False and row.threshold == 1.5
+
+
+def test_stop_check_judges_an_earlier_request_like_the_new_one(tiny_lm):
+    from forgetd.datasets import load_dataset_file
+    from forgetd.families import causal_lm
+    from forgetd.training.common import StopCheck
+
+    model_dir, dataset, people = tiny_lm
+    model, tokenizer = causal_lm.load_model(model_dir), causal_lm.load_tokenizer(model_dir)
+    data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}]).calibration_half()
+    stop = StopCheck(forget_qa=data.forget_qa, forget_texts=data.forget_texts, reference_qa=data.reference_qa,
+                     reference_texts=data.reference_texts, qa_margin=0.0, mia_margin=0.05,
+                     kept=[(data.forget_texts, data.forget_qa), (data.reference_texts, data.reference_qa)])
+    measured = stop.measure(model, tokenizer)
+    # the same person held as an earlier request gets the new request's verdict: still known, so revived;
+    # the reference set itself, held the same way, looks exactly like the reference
+    assert measured["forget_qa_acc"] > stop.reference_qa_acc and stop.last_revived == [0]
+    assert measured["kept_revived"] == 1.0 and not stop.satisfied(measured)

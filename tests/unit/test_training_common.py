@@ -42,3 +42,19 @@ def test_best_snapshot_restores_the_point_closest_to_reference():
     assert torch.all(model.weight == 1.0)
     assert stop.overshot({"mia_auc": 0.30}) and not stop.overshot({"mia_auc": 0.40})
     assert stop.satisfied({"forget_qa_acc": 0.1, "mia_auc": 0.46}) and not stop.satisfied({"forget_qa_acc": 0.1, "mia_auc": 0.6})
+
+
+def test_an_earlier_request_drifting_back_or_a_short_retain_sample_blocks_stopping():
+    stop = StopCheck(forget_qa=[], forget_texts=[], reference_qa=[], reference_texts=[], qa_margin=0.0,
+                     mia_margin=0.05, reference_qa_acc=0.0, kept=[(["a text"], [])], retain_qa=[("q", "a")],
+                     retain_floor=0.9)
+    done = {"forget_qa_acc": 0.0, "mia_auc": 0.5, "kept_revived": 0.0, "retain_qa_acc": 0.95}
+    assert stop.satisfied(done)
+    assert not stop.satisfied({**done, "kept_revived": 1.0}) and not stop.forgotten_enough({**done, "kept_revived": 1.0})
+    assert not stop.satisfied({**done, "retain_qa_acc": 0.85}) and stop.forgotten_enough({**done, "retain_qa_acc": 0.85})
+    model = torch.nn.Linear(2, 2)
+    snapshot = BestSnapshot()
+    snapshot.offer(model, {**done, "mia_auc": 0.5, "kept_revived": 1.0}, stop, 1)
+    snapshot.offer(model, {**done, "mia_auc": 0.56}, stop, 2)  # further from 0.5, but nothing drifted back
+    snapshot.offer(model, {**done, "mia_auc": 0.5, "retain_qa_acc": 0.5}, stop, 3)
+    assert snapshot.step == 2

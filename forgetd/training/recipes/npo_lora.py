@@ -6,6 +6,13 @@ and R is either CE on retain text or KL(p_ref ‖ p_θ) on it (`train.retain_los
 `train.retain_anchor: base` the KL is taken to the pristine base model (passed as `anchor`) instead of the
 checkpoint the adapter starts from: in continual forgetting each adapter then repairs the retain drift of
 the earlier ones instead of carrying it forward.
+
+Earlier requests (`train.keep_forgotten_weight` > 0): composed on top of the checkpoint that already
+forgets them, this adapter must not bring them back. Their forget data is held in place by a second KL
+(to the starting checkpoint, weight `keep_forgotten_weight`), and is judged at every evaluation like the
+new request's: one that drifted back (forgetting a stranger-like pattern lowers every unseen person's
+likelihood, so the earlier people look familiar again next to the reference set) rejoins the NPO term
+and blocks stopping until it is under again.
 Stops when the forget set looks like the reference set (`train.stop: reference`) or after max_steps.
 
 Gating (`train.gate`): the forget texts and the forget QA answers are two objectives that converge at
@@ -19,11 +26,14 @@ pulls them back toward how unseen text looks) until the AUC is back in the band.
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from forgetd.families.causal_lm import format_qa
+from forgetd.verify.causal_lm import qa_correct
 from forgetd.training.common import (
     BestSnapshot,
     Progress,
@@ -53,11 +63,28 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     retain = encode(tokenizer, data.retain_documents())
     forget_answers = {answer for _, answer in data.forget_qa}
     neighbours = encode(tokenizer, [format_qa(q, a) for q, a in data.retain_qa if a in forget_answers])
+    kept_groups = list(data.forgotten) if spec.keep_forgotten_weight > 0 else []
+    # earlier requests' sequences follow the new ones in `forget`; kept_index[g] lists group g's
+    kept_index: list[list[int]] = []
+    for texts, qa in kept_groups:
+        start = len(forget)
+        forget += encode_forget(tokenizer, SimpleNamespace(forget_texts=texts, forget_qa=qa))
+        kept_index.append(list(range(start, len(forget))))
     pad_id = tokenizer.pad_token_id
 
     with torch.no_grad(), model.disable_adapter():
         model.eval()
         ref_nll = {i: float(v) for i, v in enumerate(sequence_nll(model, *pad(forget, pad_id)))}
+    retain_sample, retain_floor = [], 0.0
+    if spec.stop_retain_ratio > 0 and data.retain_qa:
+        picker = random.Random(f"retain-sample-{spec.seed}")  # apart from `rng`: the training draws stay as they were
+        retain_sample = picker.sample(list(data.retain_qa), min(spec.stop_retain_sample, len(data.retain_qa)))
+        if anchor is not None:
+            anchor_correct = qa_correct(anchor, tokenizer, retain_sample)
+        else:
+            with model.disable_adapter():
+                anchor_correct = qa_correct(model, tokenizer, retain_sample)
+        retain_floor = spec.stop_retain_ratio * sum(anchor_correct) / len(anchor_correct)
     model.train()
     calibration = data.calibration_half()
     stop = StopCheck(
@@ -68,10 +95,14 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         qa_margin=spec.stop_qa_margin,
         mia_margin=spec.stop_mia_margin,
         overshoot=spec.stop_overshoot,
+        kept=kept_groups,
+        retain_qa=retain_sample,
+        retain_floor=retain_floor,
     )
-    groups = {"text": [i for i, (_, start) in enumerate(forget) if start == 1],
-              "qa": [i for i, (_, start) in enumerate(forget) if start != 1]}
+    own = range(len(forget) - sum(len(ix) for ix in kept_index))
+    groups = {"text": [i for i in own if forget[i][1] == 1], "qa": [i for i in own if forget[i][1] != 1]}
     active = sorted(groups["text"] + groups["qa"])
+    revived: list[int] = []  # kept groups currently back in the forget loss
     pull_back = False
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
@@ -80,12 +111,14 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
-        index = rng.sample(active, min(spec.batch_size, len(active)))
-        ids, mask, labels = pad([forget[i] for i in index], pad_id)
-        nll = sequence_nll(model, ids, mask, labels)
-        ref = torch.tensor([ref_nll[i] for i in index])
-        loss_forget = -(2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
-        loss = loss_forget
+        pushed = active + [i for g in revived for i in kept_index[g]]
+        loss = torch.zeros(())
+        if pushed:
+            index = rng.sample(pushed, min(spec.batch_size, len(pushed)))
+            ids, mask, labels = pad([forget[i] for i in index], pad_id)
+            nll = sequence_nll(model, ids, mask, labels)
+            ref = torch.tensor([ref_nll[i] for i in index])
+            loss = loss - (2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
         if pull_back and groups["text"]:
             t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, groups["text"], spec.batch_size)], pad_id)
             loss = loss + model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
@@ -106,6 +139,12 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 loss = loss + spec.retain_weight * retain_kl(model, r_ids, r_mask, ref_logits)
             else:
                 loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
+        held = [forget[i][0] for g, ix in enumerate(kept_index) if g not in revived for i in ix]
+        if held:
+            k_ids, k_mask, _ = pad(sample(rng, held, spec.batch_size), pad_id)
+            with torch.no_grad(), model.disable_adapter():
+                k_logits = model(input_ids=k_ids, attention_mask=k_mask).logits
+            loss = loss + spec.keep_forgotten_weight * retain_kl(model, k_ids, k_mask, k_logits)
         value = check_loss(loss, step=step, limit=spec.loss_explode)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,11 +155,15 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in measured.items()}})
             if progress:
                 progress({"step": step, "max_steps": spec.max_steps, "loss": value, **measured})
+            revived = list(stop.last_revived)
             if spec.gate:
                 keep_qa = measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin
                 keep_text = measured["mia_auc"] > 0.5 + stop.mia_margin
                 pull_back = measured["mia_auc"] < 0.5 - stop.mia_margin
-                active = sorted((groups["qa"] if keep_qa else []) + (groups["text"] if keep_text else [])) or active
+                # with the new request done, only earlier ones drifting back are pushed; while the retain
+                # sample is short, nothing is (the retain term repairs)
+                own_active = sorted((groups["qa"] if keep_qa else []) + (groups["text"] if keep_text else []))
+                active = own_active or ([] if revived or stop.retain_short(measured) else active)
             if spec.stop == "reference":
                 best.offer(model, measured, stop, step)
                 if stop.satisfied(measured):
@@ -138,4 +181,5 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         "seconds": round(time.perf_counter() - started, 3),
         "history": history,
         "trainable_params": sum(p.numel() for p in params),
+        "kept_requests": len(kept_groups),
     }
