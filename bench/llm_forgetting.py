@@ -160,31 +160,45 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
     start = _measure(ctx, "demo-lm", 0, people)
     steps, completed = [], []
     started = time.perf_counter()
-    for i, person in enumerate(people):
-        record = api.request_submit(ctx, {"model": "demo-lm", "policy": "gdpr-erasure",
-                                          "subject": f"{person}@people.example", "forget": {"corpus_ids": [person]}})
-        api.request_verify_identity(ctx, record["id"])
-        api.request_approve(bob, record["id"])
-        api.tick(ctx)
-        shown = api.request_show(ctx, record["id"])
+
+    def record(label, person: str, request_id: str, so_far: list[str]) -> dict:
+        shown = api.request_show(ctx, request_id)
         served = [c for c in api.checkpoint_list(ctx, "demo-lm") if "prod" in c["aliases"]][0]
-        measured = _measure(ctx, "demo-lm", served["version"], people[: i + 1])
-        forgotten = [measured["people"][p]["forget_qa_acc"] for p in people[: i + 1]]
+        measured = _measure(ctx, "demo-lm", served["version"], so_far)
+        forgotten = [measured["people"][p]["forget_qa_acc"] for p in so_far]
         if shown["status"] == "completed":
             completed.append(person)
-        steps.append({
-            "request": i + 1, "person": person, "status": shown["status"], "reason": shown["status_reason"],
+        step = {
+            "request": label, "person": person, "status": shown["status"], "reason": shown["status_reason"],
             "served_version": served["version"], "retain_qa_acc": measured["retain_qa_acc"],
             "retain_ratio": measured["retain_qa_acc"] / start["retain_qa_acc"],
             "max_earlier_forget_qa": max(forgotten), "mean_earlier_forget_qa": statistics.fmean(forgotten),
             "completed": len(completed),
             "max_completed_forget_qa": max((measured["people"][p]["forget_qa_acc"] for p in completed), default=0.0),
-            "forget_qa_by_person": {p: measured["people"][p]["forget_qa_acc"] for p in people[: i + 1]},
-            "mia_auc_by_person": {p: measured["people"][p]["mia_auc"] for p in people[: i + 1]},
+            "forget_qa_by_person": {p: measured["people"][p]["forget_qa_acc"] for p in so_far},
+            "mia_auc_by_person": {p: measured["people"][p]["mia_auc"] for p in so_far},
             "elapsed_seconds": time.perf_counter() - started,
-        })
-        print(f"[sequential {i + 1}/{n}] {steps[-1]}", flush=True)
-    return {"people": people, "start_retain_qa_acc": start["retain_qa_acc"], "steps": steps}
+        }
+        print(f"[sequential {label}/{n}] {step}", flush=True)
+        return step
+
+    ids = {}
+    for i, person in enumerate(people):
+        record_ = api.request_submit(ctx, {"model": "demo-lm", "policy": "gdpr-erasure",
+                                           "subject": f"{person}@people.example", "forget": {"corpus_ids": [person]}})
+        ids[person] = record_["id"]
+        api.request_verify_identity(ctx, record_["id"])
+        api.request_approve(bob, record_["id"])
+        api.tick(ctx)
+        steps.append(record(i + 1, person, record_["id"], people[: i + 1]))
+    # What an operator does with a refused request: retry it once from training (`forgetd request retry ID
+    # --from train`), against the checkpoint served by then.
+    retries = []
+    for step in [s for s in steps if s["status"] == "failed"]:
+        api.request_retry(ctx, ids[step["person"]], "train")
+        api.tick(ctx)
+        retries.append(record(f"retry of {step['request']}", step["person"], ids[step["person"]], people))
+    return {"people": people, "start_retain_qa_acc": start["retain_qa_acc"], "steps": steps, "retries": retries}
 
 
 def _gold_retain_line(result: dict) -> list[str]:
@@ -250,7 +264,11 @@ def _markdown(result: dict) -> str:
                   "| request | status | served | retain QA / original | completed | max forget QA, completed people "
                   "| max forget QA, all people so far |",
                   "|---|---|---|---|---|---|---|"]
-        for s in seq["steps"]:
+        if seq.get("retries"):
+            lines[-3:-3] = ["Rows 'retry of N': after the last request, each refused request retried once from training",
+                            "(`forgetd request retry ID --from train`, what an operator does), against the checkpoint",
+                            "served by then; their last column covers all the people."]
+        for s in [*seq["steps"], *seq.get("retries", [])]:
             lines.append(f"| {s['request']} | {s['status']} | v{s['served_version']} | {s['retain_ratio']:.3f} "
                          f"| {s.get('completed', '-')} | {s.get('max_completed_forget_qa', float('nan')):.3f} "
                          f"| {s['max_earlier_forget_qa']:.3f} |")
