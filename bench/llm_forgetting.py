@@ -38,10 +38,7 @@ def _metrics(model, tokenizer, data) -> dict[str, float]:
 
 
 def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: float, corpus, dataset) -> dict:
-    import torch
-
     from forgetd.families import causal_lm
-    from forgetd.training.registry import get_recipe
 
     people = [p.id for p in corpus.forget_candidates][: args.seeds]
     tokenizer = causal_lm.load_tokenizer(original_dir)
@@ -53,25 +50,36 @@ def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: floa
         rows["retrained"].append({"person": person, **_metrics(causal_lm.load_model(retrained_dir), tokenizer, judge),
                                   "seconds": retrain_seconds})
         for name in args.recipes:
-            recipe = get_recipe(ROOT / "adapters", name, seed=seed)
-            model = causal_lm.load_model(original_dir)
-            with tempfile.TemporaryDirectory() as tmp:
-                started = time.perf_counter()
-                result = recipe.module().train(recipe, model=model, tokenizer=tokenizer, data=data, out_dir=Path(tmp) / "out")
-                seconds = time.perf_counter() - started
-                if recipe.composable:
-                    from peft import PeftModel
-
-                    trained = PeftModel.from_pretrained(causal_lm.load_model(original_dir), str(Path(tmp) / "out"))
-                else:
-                    trained = causal_lm.load_model(Path(tmp) / "out")
-                trained.eval()
-                with torch.no_grad():
-                    measured = _metrics(trained, tokenizer, judge)
+            measured, seconds, result = _train_and_measure(name, seed, original_dir, tokenizer, data, judge)
             rows.setdefault(name, []).append({"person": person, **measured, "seconds": seconds,
                                               "steps": result["steps"], "stop_reason": result["stop_reason"]})
             print(f"[{name} seed {seed} {person}] {measured} {seconds:.1f}s steps {result['steps']}", flush=True)
     return rows
+
+
+def _train_and_measure(name: str, seed: int, original_dir: Path, tokenizer, data, judge) -> tuple[dict, float, dict]:
+    """Train recipe `name` with `seed` on the original model; (metrics on `judge`, seconds, recipe result)."""
+    import torch
+
+    from forgetd.families import causal_lm
+    from forgetd.training.registry import get_recipe
+
+    recipe = get_recipe(ROOT / "adapters", name, seed=seed)
+    model = causal_lm.load_model(original_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = recipe.module().train(recipe, model=model, tokenizer=tokenizer, data=data, out_dir=Path(tmp) / "out")
+        seconds = time.perf_counter() - started
+        if recipe.composable:
+            from peft import PeftModel
+
+            trained = PeftModel.from_pretrained(causal_lm.load_model(original_dir), str(Path(tmp) / "out"))
+        else:
+            trained = causal_lm.load_model(Path(tmp) / "out")
+        trained.eval()
+        with torch.no_grad():
+            measured = _metrics(trained, tokenizer, judge)
+    return measured, seconds, result
 
 
 def _wide(args, original_dir: Path, retrained_dir: Path, corpus, dataset, rows: dict[str, list[dict]]) -> dict:
@@ -79,8 +87,9 @@ def _wide(args, original_dir: Path, retrained_dir: Path, corpus, dataset, rows: 
     first seeds' runs: how much of the 5-seed MIA gap is which five people were drawn. A never-seen
     person's AUC against the holdout people is a property of that person (how predictable their texts
     are), spread widely around 0.5, so five people's mean is far from 0.5 more often than not."""
+    import torch
+
     from forgetd.families import causal_lm
-    from forgetd.training.registry import get_recipe
 
     people = [p.id for p in corpus.forget_candidates][: args.wide]
     tokenizer = causal_lm.load_tokenizer(original_dir)
@@ -93,15 +102,9 @@ def _wide(args, original_dir: Path, retrained_dir: Path, corpus, dataset, rows: 
             out["retrained"].append(rows["retrained"][seed]["mia_auc"])
             out["npo-lora"].append(rows["npo-lora"][seed]["mia_auc"])
             continue
-        out["retrained"].append(_metrics(retrained, tokenizer, judge)["mia_auc"])
-        recipe = get_recipe(ROOT / "adapters", "npo-lora", seed=seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            from peft import PeftModel
-
-            recipe.module().train(recipe, model=causal_lm.load_model(original_dir), tokenizer=tokenizer,
-                                  data=data, out_dir=Path(tmp) / "out")
-            trained = PeftModel.from_pretrained(causal_lm.load_model(original_dir), str(Path(tmp) / "out")).eval()
-            out["npo-lora"].append(_metrics(trained, tokenizer, judge)["mia_auc"])
+        with torch.no_grad():
+            out["retrained"].append(_metrics(retrained, tokenizer, judge)["mia_auc"])
+        out["npo-lora"].append(_train_and_measure("npo-lora", seed, original_dir, tokenizer, data, judge)[0]["mia_auc"])
         print(f"[wide {seed} {person}] retrained {out['retrained'][-1]:.3f} npo-lora {out['npo-lora'][-1]:.3f}", flush=True)
     for key in ("retrained", "npo-lora"):
         out[key + "_mean"] = statistics.fmean(out[key])
@@ -161,7 +164,7 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
     steps, completed = [], []
     started = time.perf_counter()
 
-    def record(label, person: str, request_id: str, so_far: list[str]) -> dict:
+    def observe(label, person: str, request_id: str, so_far: list[str]) -> dict:
         shown = api.request_show(ctx, request_id)
         served = [c for c in api.checkpoint_list(ctx, "demo-lm") if "prod" in c["aliases"]][0]
         measured = _measure(ctx, "demo-lm", served["version"], so_far)
@@ -184,20 +187,20 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
 
     ids = {}
     for i, person in enumerate(people):
-        record_ = api.request_submit(ctx, {"model": "demo-lm", "policy": "gdpr-erasure",
-                                           "subject": f"{person}@people.example", "forget": {"corpus_ids": [person]}})
-        ids[person] = record_["id"]
-        api.request_verify_identity(ctx, record_["id"])
-        api.request_approve(bob, record_["id"])
+        submitted = api.request_submit(ctx, {"model": "demo-lm", "policy": "gdpr-erasure",
+                                             "subject": f"{person}@people.example", "forget": {"corpus_ids": [person]}})
+        ids[person] = submitted["id"]
+        api.request_verify_identity(ctx, submitted["id"])
+        api.request_approve(bob, submitted["id"])
         api.tick(ctx)
-        steps.append(record(i + 1, person, record_["id"], people[: i + 1]))
+        steps.append(observe(i + 1, person, submitted["id"], people[: i + 1]))
     # What an operator does with a refused request: retry it once from training (`forgetd request retry ID
     # --from train`), against the checkpoint served by then.
     retries = []
     for step in [s for s in steps if s["status"] == "failed"]:
         api.request_retry(ctx, ids[step["person"]], "train")
         api.tick(ctx)
-        retries.append(record(f"retry of {step['request']}", step["person"], ids[step["person"]], people))
+        retries.append(observe(f"retry of {step['request']}", step["person"], ids[step["person"]], people))
     return {"people": people, "start_retain_qa_acc": start["retain_qa_acc"], "steps": steps, "retries": retries}
 
 

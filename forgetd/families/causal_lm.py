@@ -110,25 +110,26 @@ class ForgetData:
     def retain_documents(self) -> list[str]:
         return self.retain_texts + [format_qa(q, a) for q, a in self.retain_qa]
 
-    def forgotten_documents(self) -> list[str]:
-        return [doc for texts, qa in self.forgotten for doc in [*texts, *(format_qa(q, a) for q, a in qa)]]
 
-
-def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain: set[str] = frozenset()) -> ForgetData:
-    """Resolve request payloads against the model's dataset. Records being forgotten (by any request in
-    `payloads` or `exclude_from_retain`) never count as retain data."""
+def _resolve(dataset, payloads: list[dict[str, Any]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(record ids, texts, QA) the payloads ask to forget: their raw texts, then their records' texts and QA."""
     forget_ids: list[str] = []
     texts: list[str] = []
-    qa: list[tuple[str, str]] = []
     for payload in payloads:
         for record_id in payload.get("corpus_ids", []):
             if dataset is None or record_id not in dataset.records:
                 raise DomainError("the request names a record id that is not in the model's dataset", field="forget.corpus_ids")
             forget_ids.append(record_id)
         texts += payload.get("texts", [])
-    if dataset is not None:
-        texts += dataset.texts_of(forget_ids)
-        qa += dataset.qa_of(forget_ids)
+    if dataset is None:
+        return forget_ids, texts, []
+    return forget_ids, texts + dataset.texts_of(forget_ids), dataset.qa_of(forget_ids)
+
+
+def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain: set[str] = frozenset()) -> ForgetData:
+    """Resolve request payloads against the model's dataset. Records being forgotten (by any request in
+    `payloads` or `exclude_from_retain`) never count as retain data."""
+    forget_ids, texts, qa = _resolve(dataset, payloads)
     if not texts and not qa:
         raise DomainError("nothing to forget: the payload names no texts and no dataset records", field="forget")
     excluded = set(forget_ids) | set(exclude_from_retain)
@@ -150,9 +151,7 @@ def with_forgotten(data: ForgetData, dataset, payloads: list[dict[str, Any]]) ->
     that a recipe can hold them where they are: a new adapter composed on top must not bring them back."""
     forgotten = []
     for payload in payloads:
-        ids = [i for i in payload.get("corpus_ids", []) if dataset is not None and i in dataset.records]
-        texts = list(payload.get("texts", [])) + (dataset.texts_of(ids) if dataset is not None else [])
-        qa = dataset.qa_of(ids) if dataset is not None else []
+        _, texts, qa = _resolve(dataset, [payload])
         if texts or qa:
             forgotten.append((texts, qa))
     return replace(data, forgotten=forgotten)

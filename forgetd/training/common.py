@@ -193,7 +193,7 @@ class BestSnapshot:
     def offer(self, model, measured: dict[str, float], stop: StopCheck, step: int) -> None:
         if measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin:
             return
-        # an earlier request drifted back outweighs any distance from 0.5
+        # an earlier request drifted back, or a retain sample still short, outweighs any distance from 0.5
         score = abs(measured["mia_auc"] - 0.5) + measured.get("kept_revived", 0.0) + float(stop.retain_short(measured))
         if score < self.score:
             self.score, self.step = score, step
