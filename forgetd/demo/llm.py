@@ -41,6 +41,58 @@ def _measure(ctx, model: str, version: int, people: list[str]) -> dict[str, Any]
     }
 
 
+def _recorded(ctx, model: str, version: int, requests: dict[str, str]) -> dict[str, Any] | None:
+    """The verifier's numbers the pipeline recorded when it verified the served checkpoint: per request, the
+    checkpoint's metrics and the original's (v0) on that request's verification half. None when the served
+    checkpoint was never verified (nothing completed)."""
+    import json
+
+    from sqlalchemy import select
+
+    from forgetd.db.models import Checkpoint, Evaluation, Model
+
+    with ctx.session() as s:
+        m = s.execute(select(Model).where(Model.name == model)).scalar_one()
+        checkpoint_id = s.execute(
+            select(Checkpoint.id).where(Checkpoint.model_id == m.id, Checkpoint.version == version)
+        ).scalar_one()
+        uri = s.execute(
+            select(Evaluation.evidence_uri)
+            .where(Evaluation.target_kind == "checkpoint", Evaluation.target_id == checkpoint_id,
+                   Evaluation.evidence_uri.is_not(None))
+            .order_by(Evaluation.id.desc()).limit(1)
+        ).scalar_one_or_none()
+    if uri is None:
+        return None
+    payload = json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+    person_of = {request: person for person, request in requests.items()}
+    return {person_of[r["request"]]: r for r in payload.get("results", []) if r["request"] in person_of}
+
+
+def _before_after(ctx, model: str, version: int, requests: dict[str, str]) -> tuple[dict, dict]:
+    """Before (v0) and after (the served checkpoint) tables: the pipeline's recorded verification where it has
+    one for a person (the same halves and metrics, so nothing is measured twice), measured here otherwise (a
+    request that did not complete is not in the served checkpoint's verification)."""
+    people = list(requests)
+    recorded = _recorded(ctx, model, version, requests) or {}
+    missing = [p for p in people if p not in recorded]
+    measured_before = _measure(ctx, model, 0, missing) if missing else None
+    measured_after = _measure(ctx, model, version, missing) if missing else None
+    tables = []
+    for side, measured in (("original", measured_before), ("metrics", measured_after)):
+        per_person = {}
+        for person in people:
+            if person in recorded:
+                metrics = recorded[person][side]
+                per_person[person] = {"forget_qa_acc": metrics["forget_qa_acc"], "mia_auc": metrics["mia_auc"]}
+            else:
+                per_person[person] = measured["people"][person]
+        source = recorded[next(iter(recorded))][side] if recorded else measured
+        tables.append({"people": per_person, "retain_qa_acc": source["retain_qa_acc"],
+                       "reference_qa_acc": source["reference_qa_acc"]})
+    return tables[0], tables[1]
+
+
 def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, progress=None) -> dict[str, Any]:
     from forgetd.demo.llm_dataset import write_corpus_dataset
     from forgetd.demo.tiny_lm import ensure_tiny_lm, load_demo_corpus
@@ -60,10 +112,9 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, 
         api.request_verify_identity(as_("alice"), record["id"])
         api.request_approve(as_("bob"), record["id"])
         requests.append(record["id"])
-    before = _measure(as_("alice"), "demo-lm", 0, people)
     report = api.tick(as_("alice"), progress=progress)
     served = [c for c in api.checkpoint_list(as_("alice"), "demo-lm") if "prod" in c["aliases"]][0]
-    after = _measure(as_("alice"), "demo-lm", served["version"], people)
+    before, after = _before_after(as_("alice"), "demo-lm", served["version"], dict(zip(people, requests)))
     statuses = {r: api.request_show(as_("alice"), r) for r in requests}
     return {
         "model_dir": str(model_dir),

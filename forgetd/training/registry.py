@@ -75,8 +75,9 @@ class TrainSpec(BaseModel):
     # Weight of a KL term holding the starting checkpoint's outputs on what it already forgets (earlier
     # completed requests): without it a later adapter can bring an earlier person back when composed.
     keep_forgotten_weight: float = Field(default=0.0, ge=0)
-    # Stopping waits (forgetting done, the retain term alone training) until QA accuracy on a sample of
-    # `stop_retain_sample` retain questions is at least this share of the retain anchor's (0: off).
+    # Stopping waits (forgetting done, the retain term alone training) until retain accuracy is at least this
+    # share of the starting model's (0: off): causal LMs measure QA on a sample of `stop_retain_sample`
+    # retain questions, image classifiers the calibration split.
     stop_retain_ratio: float = Field(default=0.0, ge=0, le=1)
     stop_retain_sample: int = Field(default=128, ge=1, le=100_000)
     max_grad_norm: float = Field(default=1.0, gt=0)

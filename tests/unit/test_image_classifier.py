@@ -179,6 +179,17 @@ def test_gs_lora_forgets_one_class_and_keeps_the_rest(demo, forgot_one):
     assert {"steps", "stop_reason", "groups_total", "groups_zeroed", "history"} <= set(result)
 
 
+def test_gs_lora_stops_only_once_calibration_retain_is_back(forgot_one):
+    # forgotten at the first measurements, but retain accuracy was still low there: stopping waits for it
+    result, spec = forgot_one["result"], get_recipe(REPO / "adapters", "gs-lora").train
+    assert spec.stop_retain_ratio > 0
+    floor = spec.stop_retain_ratio * result["calibration_original"]["retain_acc"]
+    first_forgotten = next(h for h in result["history"] if h["forget_acc"] <= spec.stop_forget_acc)
+    assert first_forgotten["retain_acc"] < floor  # the rule has something to wait for on this model
+    assert result["stop_reason"] == "reference"
+    assert result["history"][-1]["retain_acc"] >= floor
+
+
 def test_group_sparsity_drops_blocks_and_the_adapter_loads_with_stock_peft(demo, forgot_one):
     from safetensors.torch import load_file
 

@@ -5,7 +5,8 @@ feed-forward linears of every transformer block.
     loss = CE(retain) + β·ReLU(BND − CE(forget)) + α·Σ_g ‖θ_g‖₂        (β = train.beta, α = train.group_alpha)
 
 - The forget term is bounded: ascent on the forget set stops once its CE reaches BND. Unbounded ascent
-  keeps inflating the logits after the class is gone and drags every other class with it.
+  keeps inflating the logits after the class is gone and drags every other class with it. For a class the
+  bound holds per image (mean of ReLU(BND − CE_i)), so no image is left classified behind a batch mean.
 - One group per block (the LoRA A and B of both its FFN linears). α is 0 for `warmup_steps`: sparsity
   applied from the start shrinks every group before the forget signal has chosen the ones it needs.
 - GS-LoRA++ (`train.prototype`): the original model's mean logit vector per class is that class's
@@ -13,9 +14,10 @@ feed-forward linears of every transformer block.
   are orthogonal to theirs (ReLU(cos)), weighted by `prototype_weight`.
 - Choices use the calibration half only (the validation split; the test split is for verification):
   every `eval_every` steps forget and retain accuracy are measured. With `stop: reference` training ends
-  at the first measurement where the forget set counts as forgotten and the sparsity phase has had
-  `warmup_steps` steps of its own; otherwise (or if that never happens) the snapshot with the best retain
-  accuracy among the forgotten ones is kept (the paper keeps the best H-Mean, but measured on test data).
+  at the first measurement where the forget set counts as forgotten, retain accuracy is back at
+  `stop_retain_ratio` of the original's and the sparsity phase has had `warmup_steps` steps of its own;
+  otherwise (or if that never happens) the snapshot with the best retain accuracy among the forgotten ones
+  is kept (the paper keeps the best H-Mean, but measured on test data).
 - Groups whose ΔW norm is below `prune_threshold` × the largest group's are dropped from the stored adapter
   (smallest first, each drop kept only if the calibration check still holds), so the adapter touches only
   the blocks that forgetting needs. The result is a standard peft adapter over the kept blocks.
@@ -74,8 +76,13 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         alpha = spec.group_alpha if step > spec.warmup_steps else 0.0
         fi = torch.randint(len(forget), (min(spec.batch_size, len(forget)),), generator=gen)
         f_logits = family.logits(model, forget.pixels[fi])
-        ce_f = torch.nn.functional.cross_entropy(f_logits, forget.labels[fi])
-        loss = spec.beta * torch.relu(bound - ce_f)
+        ce_each = torch.nn.functional.cross_entropy(f_logits, forget.labels[fi], reduction="none")
+        ce_f = ce_each.mean()
+        # A class: every image's own CE must reach the bound. With the batch mean, a few confidently wrong
+        # images carried the mean past it while the rest stayed classified (digits class 3: up to 8% of
+        # test images, measured). Data: the mean only, as never-trained samples are mostly still right.
+        hinge = torch.relu(bound - ce_each).mean() if data.kind == "class" else torch.relu(bound - ce_f)
+        loss = spec.beta * hinge
         if len(retain) and spec.retain_weight > 0:
             ri = torch.randint(len(retain), (min(retain_bs, len(retain)),), generator=gen)
             r_logits = family.logits(model, retain.pixels[ri])
@@ -110,7 +117,8 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                         "state": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
             # The sparsity phase runs at least as long as the warm-up: long enough for unneeded groups to
             # fall below the pruning threshold (measured on the digits demo: 30 steps at α = 0.1).
-            if spec.stop == "reference" and eligible and step >= 2 * spec.warmup_steps:
+            if (spec.stop == "reference" and eligible and step >= 2 * spec.warmup_steps
+                    and measured["retain_acc"] >= spec.stop_retain_ratio * original["retain_acc"]):
                 stop_reason = "reference"
                 break
     if stop_reason != "reference":
