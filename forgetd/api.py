@@ -983,12 +983,17 @@ def lineage_subject(ctx: Context, subject: str) -> dict[str, Any]:
 # --- the pipeline -----------------------------------------------------------------------------------
 
 
-def tick(ctx: Context, *, progress=None) -> dict[str, Any]:
+def tick(ctx: Context, *, model: str | None = None, progress=None) -> dict[str, Any]:
     """Run the pipeline in-process until nothing is runnable: the same jobs the service runs, through the
-    inline executor (approved → train → evaluate → compose → verify → promote → completed)."""
+    inline executor (approved → train → evaluate → compose → verify → promote → completed). With `model`,
+    only that model's jobs (another tick or the service can take the other models' at the same time)."""
     from forgetd.jobs.service import run_until_idle
 
-    return run_until_idle(ctx, progress=progress)
+    model_id = None
+    if model is not None:
+        with ctx.session() as s:
+            model_id = _get_model(s, model).id
+    return run_until_idle(ctx, model_id=model_id, progress=progress)
 
 
 # --- jobs and the service ------------------------------------------------------------------------------

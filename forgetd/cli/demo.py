@@ -49,6 +49,8 @@ def demo(home: Path | None, no_models: bool, as_json: bool) -> None:
         click.echo("seconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
     if not result["audit"]["ok"]:
         raise click.ClickException("audit trail verification failed")
+    if result.get("t2i") and "error" in result["t2i"]:
+        raise click.ClickException(result["t2i"]["error"])
 
 
 def _print_llm(llm: dict) -> None:
@@ -109,6 +111,9 @@ def _print_explanations(ex: dict) -> None:
 
 def _print_t2i(t2i: dict) -> None:
     click.echo("")
+    if "error" in t2i:
+        click.echo(f"demo-shapes (tiny text-to-image pipeline): {t2i['error']}")
+        return
     click.echo(f"demo-shapes (tiny text-to-image pipeline): erase '{t2i['concept']}' -> {t2i['status']}, "
                f"prod serves v{t2i['served_version']}")
     if t2i["reason"]:

@@ -38,16 +38,18 @@ def _printer(verbose: bool):
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--verbose", is_flag=True, help="Report every evaluation step of training.")
+@click.option("--model", "model", default=None, metavar="NAME",
+              help="Only this model's jobs (other models' requests wait for another tick or the service).")
 @click.pass_context
-def tick(ctx, as_json, verbose) -> None:
+def tick(ctx, as_json, verbose, model) -> None:
     """Run the pipeline synchronously: approved → train → evaluate → compose → verify → promote →
     completed, with progress on stderr.
 
-    Example: forgetd tick
+    Example: forgetd tick --model demo-lm
     """
     from forgetd import api
 
-    report = api.tick(api_context(ctx), progress=_printer(verbose))
+    report = api.tick(api_context(ctx), model=model, progress=_printer(verbose))
     if as_json:
         emit_json(report)
         return

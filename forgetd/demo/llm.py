@@ -112,7 +112,7 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, 
         api.request_verify_identity(as_("alice"), record["id"])
         api.request_approve(as_("bob"), record["id"])
         requests.append(record["id"])
-    report = api.tick(as_("alice"), progress=progress)
+    report = api.tick(as_("alice"), model="demo-lm", progress=progress)
     served = [c for c in api.checkpoint_list(as_("alice"), "demo-lm") if "prod" in c["aliases"]][0]
     before, after = _before_after(as_("alice"), "demo-lm", served["version"], dict(zip(people, requests)))
     statuses = {r: api.request_show(as_("alice"), r) for r in requests}

@@ -1,4 +1,5 @@
-"""Build the demo's text-to-image model in a second process while the demo runs its other parts.
+"""Build the demo's text-to-image model (or run its whole text-to-image part) in a second process while the
+demo runs its other parts.
 
 On a fresh machine the shapes pipeline is the demo's longest build (about three minutes on one thread here),
 and every model build uses one thread, so on a machine with two cores a child process takes it off the
@@ -65,11 +66,26 @@ def start(cache_dir: Path, log_path: Path, cfg=None) -> Prebuild | None:
     has a single core (a second process would only compete for it)."""
     if shapes_cached(cache_dir, cfg) or (os.cpu_count() or 1) < 2:
         return None
-    import torch
-
     argv = [sys.executable, "-m", "forgetd.demo.prebuild", str(cache_dir)]
     if cfg is not None:
         argv.append(json.dumps(asdict(cfg)))
+    return _spawn(argv, log_path)
+
+
+def start_shapes_part(home: Path, cache_dir: Path, log_path: Path, result_path: Path) -> Prebuild | None:
+    """Run the demo's whole text-to-image part in a child process (`python -m forgetd.demo.t2i`): the model
+    built first if it is not cached, then its request ticked through on the demo's own database, with
+    `api.tick(model=…)` so neither process takes the other's jobs. Its result is written to `result_path`.
+    None on a single core. With the models cached it is the demo's longest part, and each part's models use
+    about one core well (two threads on these tiny models gained 20%), so the two halves overlap."""
+    if (os.cpu_count() or 1) < 2:
+        return None
+    return _spawn([sys.executable, "-m", "forgetd.demo.t2i", str(home), str(cache_dir), str(result_path)], log_path)
+
+
+def _spawn(argv: list[str], log_path: Path) -> Prebuild:
+    import torch
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -4,7 +4,10 @@ The request goes through the same code as every other family (submit, approval, 
 recipe trains a rank-1 adapter, it is verified, composed into a checkpoint, verified again and promoted),
 and `api.generate` draws before/after grids from the served checkpoint, both with facilitated transport
 (`dynamic`) and with the static merge. The verifier's numbers are the ones the pipeline recorded as
-evidence when it verified the candidate."""
+evidence when it verified the candidate.
+
+`python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON` runs this part in a process of its own on the demo's
+home (forgetd.demo.prebuild.start_shapes_part), while the demo runs the other parts."""
 
 from __future__ import annotations
 
@@ -75,7 +78,7 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, 
     record = api.request_submit(alice, {"model": MODEL, "policy": "copyright-concept",
                                         "subject": "rights-desk@studio.example", "forget": {"concept": CONCEPT}})
     api.request_approve(as_("bob"), record["id"])
-    api.tick(alice, progress=progress)
+    api.tick(alice, model=MODEL, progress=progress)
     shown = api.request_show(alice, record["id"])
     served = [c for c in api.checkpoint_list(alice, MODEL) if "prod" in c["aliases"]][0]
     for prompt in PROMPTS:
@@ -85,3 +88,45 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, 
     return {"request": record["id"], "concept": CONCEPT, "status": shown["status"], "reason": shown["status_reason"],
             "served_version": served["version"], "evidence": _evidence(alice, record["id"]), "grids": str(grids),
             "files": files, "model_metrics": shapes.read_demo_meta(root).get("metrics", {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+    import sys
+    import time
+    from dataclasses import replace
+
+    from forgetd.cli.tick import _printer
+    from forgetd.config import load_settings
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON", file=sys.stderr)
+        return 2
+    home, cache_dir, result_path = Path(args[0]), Path(args[1]), Path(args[2])
+    env = {"FORGETD_HOME": str(home)}
+    if os.environ.get("FORGETD_CACHE_DIR"):
+        env["FORGETD_CACHE_DIR"] = os.environ["FORGETD_CACHE_DIR"]
+    base = load_settings(env)
+    ctxs: dict[str, api.Context] = {}
+
+    def as_(operator: str) -> api.Context:
+        if operator not in ctxs:
+            ctxs[operator] = api.open_context(replace(base, operator=operator))
+        return ctxs[operator]
+
+    began = time.perf_counter()
+    try:
+        result = run(as_, cache_dir, home, progress=_printer(False))
+    finally:
+        for ctx in ctxs.values():
+            ctx.close()
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    tmp = result_path.with_name(f".{result_path.name}.tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,7 +45,7 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, *, progress=None) 
                                                    "subject": "catalogue-team@example.org",
                                                    "forget": {"labels": [label]}})
         api.request_approve(as_("bob"), record["id"])
-        api.tick(as_("alice"), progress=progress)
+        api.tick(as_("alice"), model="demo-digits", progress=progress)
         shown = api.request_show(as_("alice"), record["id"])
         served = [c for c in api.checkpoint_list(as_("alice"), "demo-digits") if "prod" in c["aliases"]][0]
         after = _measure(as_("alice"), "demo-digits", served["version"], labels)

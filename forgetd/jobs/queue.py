@@ -95,7 +95,7 @@ def enqueue(s, kind: str, *, now: datetime, model_id: int | None = None, request
 # --- claim -------------------------------------------------------------------------------------------
 
 
-def _runnable(now: datetime, kinds: tuple[str, ...] | None):
+def _runnable(now: datetime, kinds: tuple[str, ...] | None, model_id: int | None = None):
     other = aliased(Job)
     lock_free = ~exists().where(and_(other.lock_key == Job.lock_key, other.status == RUNNING))
     query = (
@@ -106,14 +106,16 @@ def _runnable(now: datetime, kinds: tuple[str, ...] | None):
     )
     if kinds:
         query = query.where(Job.kind.in_(kinds))
+    if model_id is not None:
+        query = query.where(Job.model_id == model_id)
     return query
 
 
 def claim(s, owner: str, *, now: datetime, lease_seconds: float, executor: str,
-          kinds: tuple[str, ...] | None = None) -> Claim | None:
-    """Take the first runnable job. The caller commits; on PostgreSQL a lost race on a lock key raises
-    IntegrityError, which the caller treats as 'nothing claimed this time'."""
-    pick = _runnable(now, kinds)
+          kinds: tuple[str, ...] | None = None, model_id: int | None = None) -> Claim | None:
+    """Take the first runnable job (of one model, with `model_id`). The caller commits; on PostgreSQL a lost
+    race on a lock key raises IntegrityError, which the caller treats as 'nothing claimed this time'."""
+    pick = _runnable(now, kinds, model_id)
     if s.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     row = s.execute(

@@ -113,13 +113,13 @@ def reap(ctx, backoff: Backoff) -> list[tuple[int, str]]:
     return reaped
 
 
-def claim_next(ctx, owner: str, *, executor: str, kinds: tuple[str, ...] | None = None):
+def claim_next(ctx, owner: str, *, executor: str, kinds: tuple[str, ...] | None = None, model_id: int | None = None):
     from sqlalchemy.exc import IntegrityError
 
     try:
         with ctx.session() as s:
             return queue.claim(s, owner, now=utcnow(), lease_seconds=ctx.settings.lease_seconds, executor=executor,
-                               kinds=kinds)
+                               kinds=kinds, model_id=model_id)
     except IntegrityError:
         return None  # another daemon took the same merge lock a moment earlier: try again next loop
 
@@ -127,7 +127,9 @@ def claim_next(ctx, owner: str, *, executor: str, kinds: tuple[str, ...] | None 
 # --- tick: the same jobs, run inline until nothing is runnable -------------------------------------------
 
 
-def run_until_idle(ctx, *, progress=None, max_jobs: int = 10_000) -> dict[str, Any]:
+def run_until_idle(ctx, *, model_id: int | None = None, progress=None, max_jobs: int = 10_000) -> dict[str, Any]:
+    """With `model_id`, only that model's jobs run (and are reported): another tick or a daemon may work on
+    the other models' jobs meanwhile."""
     from sqlalchemy import select
 
     from forgetd.db.models import Job, Request, RequestTransition
@@ -144,7 +146,7 @@ def run_until_idle(ctx, *, progress=None, max_jobs: int = 10_000) -> dict[str, A
     for _ in range(max_jobs):
         plan = planner.plan(ctx, now=utcnow(), compose=planner.ALL, max_attempts=ctx.settings.max_attempts)
         report["scheduled"] += plan.scheduled
-        claim = claim_next(ctx, owner, executor="inline")
+        claim = claim_next(ctx, owner, executor="inline", model_id=model_id)
         if claim is None:
             if not plan.enqueued:
                 break
@@ -166,13 +168,16 @@ def run_until_idle(ctx, *, progress=None, max_jobs: int = 10_000) -> dict[str, A
         elif claim.kind == "promote":
             report["completed"] += result.get("completed", [])
     with ctx.session() as s:
-        failed = s.execute(
+        failed_now = (
             select(Request.public_id, Request.failed_step).join(RequestTransition, RequestTransition.request_id == Request.id)
             .where(RequestTransition.to_status == St.failed, RequestTransition.at >= started,
                    Request.status == St.failed).distinct()
-        ).all()
-        report["failed"] = [{"request": pid, "stage": step} for pid, step in failed]
-        waiting = s.execute(select(Job).where(Job.status == queue.QUEUED).order_by(Job.run_after)).scalars().all()
+        )
+        queued = select(Job).where(Job.status == queue.QUEUED).order_by(Job.run_after)
+        if model_id is not None:
+            failed_now, queued = failed_now.where(Request.model_id == model_id), queued.where(Job.model_id == model_id)
+        report["failed"] = [{"request": pid, "stage": step} for pid, step in s.execute(failed_now).all()]
+        waiting = s.execute(queued).scalars().all()
         report["waiting"] = [{"job": j.id, "kind": j.kind, "run_after": j.run_after.isoformat(),
                               "last_error": j.last_error} for j in waiting]
     return report

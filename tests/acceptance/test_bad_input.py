@@ -132,6 +132,7 @@ CASES = [
          ("request", "submit", "--model", MODEL, "--policy", "../policies/gdpr-erasure", "--subject", "x@y"), "policy"),
     Case("submit-unknown-model", ("request", "submit", "--model", "gpt-17", "--policy", "gdpr-erasure", "--subject", "x@y"),
          "model"),
+    Case("tick-unknown-model", ("tick", "--model", "gpt-17"), "--model", also=("forgetd model list",)),
     Case("submit-sql-model-name",
          ("request", "submit", "--model", f"credit-mlp{SQL}", "--policy", "gdpr-erasure", "--subject", "x@y"), "model"),
     Case("submit-bad-kind-choice", submit("--kind", "person"), "--kind"),

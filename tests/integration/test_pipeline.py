@@ -242,3 +242,44 @@ def test_stop_check_judges_an_earlier_request_like_the_new_one(tiny_lm):
     # the reference set itself, held the same way, looks exactly like the reference
     assert measured["forget_qa_acc"] > stop.reference_qa_acc and stop.last_revived == [0]
     assert measured["kept_revived"] == 1.0 and not stop.satisfied(measured)
+
+
+def test_the_demo_table_reads_the_recorded_verification_and_measures_what_it_lacks(pipe):
+    from forgetd.demo import llm as llm_demo
+
+    ctx, people = pipe
+    done, refused = _submit(ctx, people[0]), _submit(ctx, people[1], policy="strict")
+    api.tick(ctx)
+    assert api.request_show(ctx, refused)["status"] == "failed"
+    version = [c for c in api.checkpoint_list(ctx, "lm") if "prod" in c["aliases"]][0]["version"]
+    assert version == 1
+    before, after = llm_demo._before_after(ctx, "lm", version, {people[0]: done, people[1]: refused})
+    # the completed person's numbers come from the checkpoint's recorded verification, the refused one's are
+    # measured: both must equal a fresh measurement of the same checkpoints
+    for measured, table in ((llm_demo._measure(ctx, "lm", 0, people[:2]), before),
+                            (llm_demo._measure(ctx, "lm", version, people[:2]), after)):
+        for person in people[:2]:
+            assert table["people"][person] == pytest.approx(measured["people"][person])
+        assert table["retain_qa_acc"] == pytest.approx(measured["retain_qa_acc"])
+        assert table["reference_qa_acc"] == pytest.approx(measured["reference_qa_acc"])
+    assert llm_demo._recorded(ctx, "lm", version, {people[0]: done, people[1]: refused}).keys() == {people[0]}
+
+
+def test_a_tick_for_one_model_leaves_the_other_models_requests_alone(pipe, tiny_lm):
+    from forgetd.errors import NotFoundError
+
+    ctx, people = pipe
+    model_dir, dataset, _ = tiny_lm
+    api.model_register(ctx, "lm2", "causal_lm", str(model_dir), dataset=str(dataset))
+    ours = _submit(ctx, people[0])
+    theirs = api.request_submit(ctx, {"model": "lm2", "policy": "loose", "subject": f"{people[1]}@example.org",
+                                      "forget": {"corpus_ids": [people[1]]}})["id"]
+    with pytest.raises(NotFoundError):
+        api.tick(ctx, model="no-such-model")
+    report = api.tick(ctx, model="lm")
+    assert report["completed"] == [ours] and report["candidates"] == ["lm@v1"]
+    # planned (its train job is queued) but not run; and not reported as this tick's waiting work
+    assert api.request_show(ctx, theirs)["status"] == "scheduled"
+    assert report["waiting"] == []
+    assert [c["version"] for c in api.checkpoint_list(ctx, "lm2")] == [0]
+    assert api.tick(ctx)["completed"] == [theirs]  # an unscoped tick takes what is left

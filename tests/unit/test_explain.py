@@ -218,3 +218,17 @@ def test_classify_attribution_thresholds_and_rank_helpers():
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
     assert topk_agreement([5, -4, 1, 0], [-5, 4, 0, 1], 2) == 1.0
     assert topk_agreement([5, 4, 1, 0], [0, 1, 4, 5], 2) == 0.0
+
+
+def test_the_demo_delta_is_calibrated_once_per_cached_model(tmp_path):
+    from forgetd.demo.credit_explanations import calibrate, cached_delta
+
+    tiny = CreditConfig(n_subjects=30, hidden_sizes=(8,), steps=50)
+    first = cached_delta(tmp_path, tiny, 3, seed=1, retrains=1)
+    assert first == calibrate(tiny, 3, seed=1, retrains=1)  # the cache holds what calibrate gives
+    stored = tmp_path / "delta-k3-seed1-retrains1.json"
+    assert json.loads(stored.read_text())["delta"] == first
+    stored.write_text(json.dumps({"delta": 0.25}))  # a second call reads the file, it does not retrain
+    assert cached_delta(tmp_path, tiny, 3, seed=1, retrains=1) == 0.25
+    assert cached_delta(tmp_path, tiny, 4, seed=1, retrains=1) != 0.25  # another k is another calibration
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
