@@ -291,6 +291,11 @@ def _store_evidence(ctx, payload: dict[str, Any]) -> str:
         return ctx.store.uri("evidence", ctx.store.put_dir("evidence", Path(tmp)))
 
 
+def load_evidence(ctx, uri: str) -> dict[str, Any]:
+    """What `_store_evidence` stored under `uri` (an evaluation's evidence_uri), re-hashed on the read."""
+    return json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+
+
 def _load_base(ctx, model: Model):
     """The pristine base (v0) and its tokenizer: what 'retain accuracy stays at X% of the original'
     is measured against."""

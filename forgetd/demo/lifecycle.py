@@ -34,20 +34,37 @@ def build_demo_weights(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
-def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any]:
+def demo_settings(home: Path):
+    """Settings for the demo's own home (never the operator's configured one); the model cache follows
+    FORGETD_CACHE_DIR when it is set."""
     import os
 
     env = {"FORGETD_HOME": str(home)}
     if os.environ.get("FORGETD_CACHE_DIR"):
         env["FORGETD_CACHE_DIR"] = os.environ["FORGETD_CACHE_DIR"]
-    base = load_settings(env)
-    ctxs: dict[str, api.Context] = {}
+    return load_settings(env)
 
-    def as_(operator: str) -> api.Context:
-        if operator not in ctxs:
-            ctxs[operator] = api.open_context(replace(base, operator=operator))
-        return ctxs[operator]
 
+class Operators:
+    """`as_("bob")`: one api context per operator, opened on first use, all closed by `close()`."""
+
+    def __init__(self, base) -> None:
+        self._base = base
+        self._ctxs: dict[str, api.Context] = {}
+
+    def __call__(self, operator: str) -> api.Context:
+        if operator not in self._ctxs:
+            self._ctxs[operator] = api.open_context(replace(self._base, operator=operator))
+        return self._ctxs[operator]
+
+    def close(self) -> None:
+        for ctx in self._ctxs.values():
+            ctx.close()
+
+
+def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any]:
+    base = demo_settings(home)
+    as_ = Operators(base)
     steps: list[str] = []
     shapes_build = None
     try:
@@ -177,5 +194,4 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
     finally:
         if shapes_build is not None:
             shapes_build.stop()
-        for ctx in ctxs.values():
-            ctx.close()
+        as_.close()

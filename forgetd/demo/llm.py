@@ -45,11 +45,10 @@ def _recorded(ctx, model: str, version: int, requests: dict[str, str]) -> dict[s
     """The verifier's numbers the pipeline recorded when it verified the served checkpoint: per request, the
     checkpoint's metrics and the original's (v0) on that request's verification half. None when the served
     checkpoint was never verified (nothing completed)."""
-    import json
-
     from sqlalchemy import select
 
     from forgetd.db.models import Checkpoint, Evaluation, Model
+    from forgetd.pipeline import load_evidence
 
     with ctx.session() as s:
         m = s.execute(select(Model).where(Model.name == model)).scalar_one()
@@ -64,7 +63,7 @@ def _recorded(ctx, model: str, version: int, requests: dict[str, str]) -> dict[s
         ).scalar_one_or_none()
     if uri is None:
         return None
-    payload = json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+    payload = load_evidence(ctx, uri)
     person_of = {request: person for person, request in requests.items()}
     return {person_of[r["request"]]: r for r in payload.get("results", []) if r["request"] in person_of}
 

@@ -32,6 +32,7 @@ def _evidence(ctx, public_id: str) -> dict[str, Any] | None:
     from sqlalchemy import select
 
     from forgetd.db.models import Evaluation, Request
+    from forgetd.pipeline import load_evidence
 
     with ctx.session() as s:
         request_id = s.execute(select(Request.id).where(Request.public_id == public_id)).scalar_one()
@@ -41,7 +42,7 @@ def _evidence(ctx, public_id: str) -> dict[str, Any] | None:
         uri = row.evidence_uri if row else None
     if uri is None:
         return None
-    payload = json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+    payload = load_evidence(ctx, uri)
     if "metrics" in payload:  # the adapter's evaluation
         return {"metrics": payload["metrics"], "original": payload["original"], "on": "adapter"}
     for result in payload.get("results", []):
@@ -91,36 +92,23 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
     import sys
     import time
-    from dataclasses import replace
 
     from forgetd.cli.tick import _printer
-    from forgetd.config import load_settings
+    from forgetd.demo.lifecycle import Operators, demo_settings
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
         print("usage: python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON", file=sys.stderr)
         return 2
     home, cache_dir, result_path = Path(args[0]), Path(args[1]), Path(args[2])
-    env = {"FORGETD_HOME": str(home)}
-    if os.environ.get("FORGETD_CACHE_DIR"):
-        env["FORGETD_CACHE_DIR"] = os.environ["FORGETD_CACHE_DIR"]
-    base = load_settings(env)
-    ctxs: dict[str, api.Context] = {}
-
-    def as_(operator: str) -> api.Context:
-        if operator not in ctxs:
-            ctxs[operator] = api.open_context(replace(base, operator=operator))
-        return ctxs[operator]
-
+    as_ = Operators(demo_settings(home))
     began = time.perf_counter()
     try:
         result = run(as_, cache_dir, home, progress=_printer(False))
     finally:
-        for ctx in ctxs.values():
-            ctx.close()
+        as_.close()
     result["seconds"] = round(time.perf_counter() - began, 1)
     tmp = result_path.with_name(f".{result_path.name}.tmp")
     tmp.write_text(json.dumps(result))
