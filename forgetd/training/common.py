@@ -125,6 +125,12 @@ class StopCheck:
     # measured only once everything else is satisfied, so a run that never gets there pays nothing
     retain_qa: Sequence[tuple[str, str]] = ()
     retain_floor: float = 0.0
+    # While the forget set's AUC against the reference scores last measured is above this, those scores are
+    # reused instead of measured again (most of an evaluation's cost). Reference texts are never-seen
+    # people's; a step that moves their scores by enough to bring an AUC this far from the band back into
+    # it is far from what the retain term allows. Never with earlier requests held: they sit in the band.
+    reuse_reference_above: float = 1.0
+    _reference: list[float] | None = field(default=None, init=False, repr=False)
 
     def measure(self, model, tokenizer) -> dict[str, float]:
         from forgetd.verify.causal_lm import auc, min_k_scores, qa_correct
@@ -139,7 +145,14 @@ class StopCheck:
             groups = [(self.forget_texts, self.forget_qa), *self.kept]
             scores = min_k_scores(model, tokenizer, [t for texts, _ in groups for t in texts])
             correct = qa_correct(model, tokenizer, [qa for _, group_qa in groups for qa in group_qa])
-            reference = min_k_scores(model, tokenizer, self.reference_texts) if self.reference_texts else []
+            reference = self._reference
+            reused = (
+                reference is not None and not self.kept and bool(self.forget_texts)
+                and auc(scores[: len(self.forget_texts)], reference) > self.reuse_reference_above
+            )
+            if not reused:
+                reference = min_k_scores(model, tokenizer, self.reference_texts) if self.reference_texts else []
+                self._reference = reference
             verdicts = []
             for texts, qa in groups:
                 own_scores, scores = scores[: len(texts)], scores[len(texts) :]
@@ -153,6 +166,8 @@ class StopCheck:
                 if qa_acc > self.reference_qa_acc + self.qa_margin or mia > 0.5 + self.mia_margin
             ]
             measured = {"forget_qa_acc": verdicts[0][0], "mia_auc": verdicts[0][1]}
+            if reused:
+                measured["reference_reused"] = 1.0
             if self.kept:
                 measured["kept_revived"] = float(len(self.last_revived))
             if self.retain_qa and self.forgotten_enough(measured):

@@ -63,6 +63,12 @@ class TrainSpec(BaseModel):
     stop_mia_margin: float = Field(default=0.05, ge=0, le=0.5)
     stop_overshoot: float = Field(default=0.15, ge=0, le=0.5)
     gate: bool = False
+    # npo-lora: when two evaluations in a row fall on opposite sides of the MIA band (the step between them
+    # jumped across it), up to this many evaluations bisect the straight line between the two adapters'
+    # weights for a point that meets the stopping rule, instead of training on until the band is hit (0: off)
+    bisect: int = Field(default=0, ge=0, le=16)
+    # npo-lora: weight of the plain-likelihood term that pulls over-forgotten texts back toward the band
+    pull_back_weight: float = Field(default=1.0, ge=0)
     # Requests of one model forgotten by one adapter. One at a time (each adapter trained against the
     # checkpoint carrying the previous ones) kept retain accuracy higher on the demo model than batches.
     batch_requests: int = Field(default=1, ge=1, le=256)
@@ -75,11 +81,18 @@ class TrainSpec(BaseModel):
     # Weight of a KL term holding the starting checkpoint's outputs on what it already forgets (earlier
     # completed requests): without it a later adapter can bring an earlier person back when composed.
     keep_forgotten_weight: float = Field(default=0.0, ge=0)
+    # Learning rate while earlier requests are held (keep_forgotten_weight > 0 and the starting checkpoint
+    # forgets someone already); None: `lr`. Large steps that suit a first request push held people out of
+    # the MIA band on the demo model (sequential bench at lr 4e-3: 5 of the first 16 requests refused).
+    kept_lr: float | None = Field(default=None, gt=0, le=1.0)
     # Stopping waits (forgetting done, the retain term alone training) until retain accuracy is at least this
     # share of the starting model's (0: off): causal LMs measure QA on a sample of `stop_retain_sample`
     # retain questions, image classifiers the calibration split.
     stop_retain_ratio: float = Field(default=0.0, ge=0, le=1)
     stop_retain_sample: int = Field(default=128, ge=1, le=100_000)
+    # causal LMs: the reference set's scores are reused between evaluations while the forget set's AUC
+    # against them stays above this (1.0: measured every time; see StopCheck.reuse_reference_above)
+    stop_reference_reuse_above: float = Field(default=1.0, ge=0.5, le=1.0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     loss_explode: float = Field(default=1e4, gt=0)
     seed: int = 0

@@ -21,7 +21,14 @@ on after the MIA AUC reached 0.5 over-forgets. So at every evaluation each group
 while its own criterion is unmet: QA answers while forget QA accuracy exceeds the reference's, texts
 while the MIA AUC is above 0.5 + margin. Forgetting the answers still lowers the texts' likelihood, so
 when the AUC falls below 0.5 − margin the texts switch to plain likelihood (a small descent step that
-pulls them back toward how unseen text looks) until the AUC is back in the band.
+pulls them back toward how unseen text looks, weight `train.pull_back_weight`) until the AUC is back
+in the band.
+
+Step size (`train.bisect`): a learning rate high enough to forget in a handful of steps also jumps the band
+in one step. When two evaluations fall on opposite sides of it, the segment between the two adapters'
+weights is bisected (evaluations only, no training) for a point the stopping rule accepts; the adapter
+stored is that point. With earlier requests held, `train.kept_lr` replaces `train.lr`: large steps there
+pushed held people out of the band.
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         kept=kept_groups,
         retain_qa=retain_sample,
         retain_floor=retain_floor,
+        reuse_reference_above=spec.stop_reference_reuse_above,
     )
     own = range(len(forget) - sum(len(ix) for ix in kept_index))
     groups = {"text": [i for i in own if forget[i][1] == 1], "qa": [i for i in own if forget[i][1] != 1]}
@@ -105,9 +113,11 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     revived: list[int] = []  # kept groups currently back in the forget loss
     pull_back = False
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    lr = spec.kept_lr if kept_groups and spec.kept_lr else spec.lr
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     history: list[dict[str, float]] = []
     best = BestSnapshot()
+    previous: tuple[dict[str, float], dict[str, Any]] | None = None  # last evaluation and its weights
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
@@ -121,7 +131,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             loss = loss - (2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
         if pull_back and groups["text"]:
             t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, groups["text"], spec.batch_size)], pad_id)
-            loss = loss + model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+            loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
         if retain and spec.retain_weight > 0:
             size = spec.retain_batch_size or spec.batch_size
             if spec.retain_neighbours and neighbours:
@@ -169,10 +179,19 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 if stop.satisfied(measured):
                     stop_reason = "reference"
                     break
+                if spec.bisect and previous and _straddles(previous[0], measured, stop.mia_margin):
+                    found = _bisect(model, tokenizer, stop, previous, spec.bisect)
+                    if found is not None:
+                        history.append({"step": step, "interpolated": round(found[0], 4),
+                                        **{k: round(v, 4) for k, v in found[1].items()}})
+                        stop_reason = f"reference; interpolated {found[0]:.3f} of the way from step {step - spec.eval_every}"
+                        break
+                if spec.bisect:
+                    previous = (measured, _trainable(model))
                 if stop.overshot(measured):
                     stop_reason = "overshot"
                     break
-    if spec.stop == "reference" and stop_reason != "reference" and best.restore(model):
+    if spec.stop == "reference" and not stop_reason.startswith("reference") and best.restore(model):
         stop_reason += f"; restored step {best.step}"
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return {
@@ -183,3 +202,50 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         "trainable_params": sum(p.numel() for p in params),
         "kept_requests": len(kept_groups),
     }
+
+
+def _trainable(model) -> dict[str, Any]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _straddles(before: dict[str, float], after: dict[str, float], margin: float) -> bool:
+    """The MIA AUC went from one side of the band 0.5 ± margin to the other between two evaluations."""
+    high, low = 0.5 + margin, 0.5 - margin
+    return (before["mia_auc"] > high and after["mia_auc"] < low) or (before["mia_auc"] < low and after["mia_auc"] > high)
+
+
+def _bisect(model, tokenizer, stop, start: tuple[dict[str, float], dict[str, Any]], evaluations: int):
+    """Search the segment from the `start` evaluation's weights (t=0) to the model's current ones (t=1) for a
+    point the stopping rule accepts. The AUC moves continuously along it, so bisecting on which side of the
+    band each point falls finds the crossing. Returns (t, measurement) with the model left at that point, or
+    None with the model back at t=1. A point inside the band that the rule still refuses (answers
+    remembered, an earlier request back, the retain sample short) ends the search: this crossing is no
+    stopping point, and training goes on from t=1."""
+    import torch
+
+    start_measured, start_weights = start
+    end_weights = _trainable(model)
+    params = dict(model.named_parameters())
+    # t_high is the end of the current interval on the high-AUC side, t_low the one on the low side
+    t_high, t_low = (0.0, 1.0) if start_measured["mia_auc"] > 0.5 else (1.0, 0.0)
+    found = None
+    for _ in range(evaluations):
+        t = (t_high + t_low) / 2
+        with torch.no_grad():
+            for name, a in start_weights.items():
+                params[name].copy_(torch.lerp(a, end_weights[name], t))
+        measured = stop.measure(model, tokenizer)
+        if stop.satisfied(measured):
+            found = (t, measured)
+            break
+        if measured["mia_auc"] > 0.5 + stop.mia_margin:
+            t_high = t
+        elif measured["mia_auc"] < 0.5 - stop.mia_margin:
+            t_low = t
+        else:
+            break
+    if found is None:
+        with torch.no_grad():
+            for name, b in end_weights.items():
+                params[name].copy_(b)
+    return found

@@ -1,0 +1,119 @@
+"""npo-lora's stopping on the test LM. Band bisection: when one training step jumps the MIA band, the search
+along the segment between the two evaluated adapters stops at a point the rule accepts, and leaves the model
+there. Reference reuse: far above the band the reference set is not scored again."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from forgetd.training.common import StopCheck, encode_forget, lora_config, pad, sequence_nll  # noqa: E402
+from forgetd.training.recipes.npo_lora import _bisect, _straddles, _trainable  # noqa: E402
+from forgetd.training.registry import AdapterSpec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def jumped(tiny_lm):
+    """(model, tokenizer, data, weights before, weights after) for one person, where 'after' is a few
+    large gradient-ascent steps past the band (the MIA AUC far below 0.5) and 'before' is the base."""
+    from peft import get_peft_model
+
+    from forgetd.datasets import load_dataset_file
+    from forgetd.families import causal_lm
+
+    model_dir, dataset, people = tiny_lm
+    data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}])
+    tokenizer = causal_lm.load_tokenizer(model_dir)
+    torch.manual_seed(0)
+    base = causal_lm.load_model(model_dir)
+    model = get_peft_model(base, lora_config(base, AdapterSpec(type="lora", r=4, alpha=8)))
+    before = _trainable(model)
+    ids, mask, labels = pad(encode_forget(tokenizer, data), tokenizer.pad_token_id)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    stop = _stop(data)
+    for _ in range(40):
+        model.train()
+        loss = -sequence_nll(model, ids, mask, labels, mean=True).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if stop.measure(model, tokenizer)["mia_auc"] < 0.2:
+            break
+    return model, tokenizer, data, before, _trainable(model)
+
+
+def _stop(data, **kw) -> StopCheck:
+    calibration = data.calibration_half()
+    return StopCheck(forget_qa=data.forget_qa, forget_texts=data.forget_texts, reference_qa=calibration.reference_qa,
+                     reference_texts=calibration.reference_texts, qa_margin=1.0, mia_margin=0.05, **kw)
+
+
+def _load(model, weights) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def test_straddling_is_a_jump_across_the_band_either_way():
+    assert _straddles({"mia_auc": 0.9}, {"mia_auc": 0.3}, 0.05)
+    assert _straddles({"mia_auc": 0.3}, {"mia_auc": 0.6}, 0.05)
+    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.5}, 0.05)  # landed inside: the rule itself decides
+    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.7}, 0.05)
+
+
+def test_the_search_stops_inside_the_band_and_leaves_the_model_there(jumped):
+    model, tokenizer, data, before, after = jumped
+    stop = _stop(data)
+    _load(model, before)
+    start = stop.measure(model, tokenizer)
+    _load(model, after)
+    end = stop.measure(model, tokenizer)
+    assert start["mia_auc"] > 0.55 and end["mia_auc"] < 0.45, (start, end)
+
+    found = _bisect(model, tokenizer, stop, (start, before), 8)
+    assert found is not None
+    t, measured = found
+    assert 0.0 < t < 1.0 and abs(measured["mia_auc"] - 0.5) <= 0.05
+    # the model holds exactly the interpolated weights, and they measure as reported
+    for name, value in _trainable(model).items():
+        assert torch.equal(value, torch.lerp(before[name], after[name], t))
+    assert stop.measure(model, tokenizer)["mia_auc"] == measured["mia_auc"]
+
+
+def test_a_crossing_the_rule_refuses_leaves_the_model_where_training_was(jumped):
+    model, tokenizer, data, before, after = jumped
+    # a retain floor no sample can reach: every point in the band is refused
+    stop = _stop(data, retain_qa=data.retain_qa[:16], retain_floor=1.01)
+    _load(model, before)
+    start = stop.measure(model, tokenizer)
+    _load(model, after)
+    assert _bisect(model, tokenizer, stop, (start, before), 8) is None
+    for name, value in _trainable(model).items():
+        assert torch.equal(value, after[name])
+
+
+def test_reference_scores_are_reused_only_far_above_the_band(jumped):
+    from forgetd.verify.causal_lm import mia_auc
+
+    model, tokenizer, data, before, after = jumped
+    calibration = data.calibration_half()
+    _load(model, before)  # the base: the forget set far above the band
+    stop = _stop(data, reuse_reference_above=0.8)
+    first, second = stop.measure(model, tokenizer), stop.measure(model, tokenizer)
+    assert "reference_reused" not in first and second["reference_reused"] == 1.0
+    assert second["mia_auc"] == first["mia_auc"] == mia_auc(model, tokenizer, data.forget_texts, calibration.reference_texts)
+    _load(model, after)  # far below: scored afresh, and the AUC is the one a fresh StopCheck measures
+    low = stop.measure(model, tokenizer)
+    assert "reference_reused" not in low and low["mia_auc"] == _stop(data).measure(model, tokenizer)["mia_auc"]
+    # with earlier requests held, never reused (they sit in the band, where stale scores could mislead)
+    _load(model, before)
+    held = _stop(data, reuse_reference_above=0.8, kept=[(data.forget_texts, data.forget_qa)])
+    held.measure(model, tokenizer)
+    assert "reference_reused" not in held.measure(model, tokenizer)
+    # off by default
+    plain = _stop(data)
+    plain.measure(model, tokenizer)
+    assert "reference_reused" not in plain.measure(model, tokenizer)
