@@ -1,49 +1,38 @@
-"""forgetd.demo.prebuild: the demo's shapes model built by a child process through the shared cache."""
+"""forgetd.demo.prebuild: the demo's second process. While a child runs this process uses one thread; the
+threads come back when it ends or is stopped, and its output goes to its log."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import sys
 
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
 
-from forgetd.demo import prebuild, shapes  # noqa: E402
+from forgetd.demo import prebuild  # noqa: E402
 
-TINY = replace(shapes.ShapesConfig.for_tests(), vae_steps=2, unet_steps=2, verifier_steps=2, n_images=64)
+pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the second process only starts with two cores")
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the prebuild only starts with two cores")
-def test_child_builds_into_the_cache_and_threads_come_back(tmp_path):
+def test_a_failing_shapes_part_reports_its_status_and_log_and_threads_come_back(tmp_path):
     threads = torch.get_num_threads()
-    assert not prebuild.shapes_cached(tmp_path, TINY)
-    build = prebuild.start(tmp_path, tmp_path / "logs" / "prebuild.log", TINY)
-    assert build is not None
-    assert torch.get_num_threads() == 1  # the other core is the child's while it builds
-    assert build.wait() == 0, build.log_path.read_text()
+    # a cache path that is a file: the child's text-to-image part fails at once, as a real failure would
+    cache = tmp_path / "cache"
+    cache.write_text("not a directory")
+    child = prebuild.start_shapes_part(tmp_path / "home", cache, tmp_path / "logs" / "shapes.log",
+                                       tmp_path / "result.json")
+    assert child is not None
+    assert torch.get_num_threads() == 1  # the other core is the child's while it runs
+    assert child.wait() != 0
     assert torch.get_num_threads() == threads
-    assert prebuild.shapes_cached(tmp_path, TINY)
-    # the demo's own call finds the child's build, and a second start has nothing to do
-    root = shapes.ensure_shapes_t2i(tmp_path, TINY)
-    assert (shapes.model_path(root) / shapes.DEMO_META_FILE).is_file()
-    assert prebuild.start(tmp_path, tmp_path / "logs" / "again.log", TINY) is None
-    assert not (tmp_path / "logs" / "again.log").exists()
+    assert "Traceback" in child.log_path.read_text() and not (tmp_path / "result.json").exists()
 
 
-def test_stop_ends_a_running_child_and_leaves_no_cache(tmp_path):
-    build = prebuild.start(tmp_path, tmp_path / "prebuild.log", replace(TINY, unet_steps=100_000))
-    if build is None:
-        pytest.skip("one core: no prebuild")
-    build.stop()
-    assert build.proc.poll() is not None
-    assert not prebuild.shapes_cached(tmp_path, TINY)
-    assert not prebuild.shapes_cached(tmp_path, replace(TINY, unet_steps=100_000))
-
-
-def test_main_rejects_wrong_arguments(capsys):
-    assert prebuild.main([]) == 2
-    assert "python -m forgetd.demo.prebuild" in capsys.readouterr().err
+def test_stop_ends_a_running_child(tmp_path):
+    threads = torch.get_num_threads()
+    child = prebuild._spawn([sys.executable, "-c", "import time; time.sleep(120)"], tmp_path / "child.log")
+    assert child.proc.poll() is None
+    child.stop()
+    assert child.proc.poll() is not None and torch.get_num_threads() == threads
+    child.stop()  # a second stop is harmless
