@@ -126,6 +126,8 @@ def _sequential(args, model_dir: Path, dataset) -> dict:
         for k, c in enumerate(args.sequence):
             earlier = args.sequence[:k]
             data = family.forget_data(dataset, [{"labels": [c]}], exclude_from_retain=frozenset(earlier))
+            if recipe.train.keep_forgotten_weight > 0:  # as the pipeline does: the earlier classes are held
+                data = family.with_forgotten(data, dataset, [{"labels": earlier}])
             against = merged_model(load_base, adapters, [1.0] * len(adapters))
             out = Path(tmp) / f"adapter-{k}"
             started = time.perf_counter()

@@ -173,6 +173,9 @@ class ForgetData:
     forget_ids: tuple[str, ...] = ()
     split: str = "validation"  # the safe default: a rule that forgets to pick a half never sees test data
     data_samples: Images | None = field(default=None, repr=False)  # the named subject's samples (kind data)
+    # trained samples of classes the starting checkpoint already forgets (completed class requests;
+    # `with_forgotten`): a recipe keeps them forgotten, so an adapter composed on top cannot bring them back
+    held_train: Images | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -261,6 +264,21 @@ def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain=
         forget_ids=tuple(named),
         data_samples=data_samples,
     )
+
+
+def with_forgotten(data: ForgetData, dataset, payloads: list[dict[str, Any]]) -> ForgetData:
+    """`data` plus the trained samples of the classes that `payloads` (the requests the served checkpoint
+    already honours) forget. Subjects' records are not held: their samples are out of the retain data
+    already, and a never-trained sample is not pushed anywhere."""
+    import torch
+
+    classes = sorted({_label(label) for payload in payloads for label in payload.get("labels", [])}
+                     - set(data.forget_classes))
+    if not classes:
+        return data
+    trained = images_of(dataset, list(dataset.retain))
+    held = trained.where(torch.isin(trained.labels, torch.tensor(classes, dtype=torch.long)))
+    return replace(data, held_train=held if len(held) else None)
 
 
 # --- forward and metrics ---------------------------------------------------------------------------------

@@ -222,7 +222,10 @@ def test_sequential_adapters_compose_exactly(demo, forgot_one, tmp_path):
     """A second request trained against the checkpoint carrying the first; pruned adapters may cover
     different blocks: merged weights, runtime multi-adapter and the `cat` adapter must still agree."""
     recipe = get_recipe(REPO / "adapters", "gs-lora", **GS_OVERRIDES)
+    # what the pipeline hands a recipe: the first request's class out of the retain data, and held forgotten
     data = family.forget_data(demo["dataset"], [{"labels": [0]}], exclude_from_retain=frozenset({FORGET}))
+    data = family.with_forgotten(data, demo["dataset"], [{"labels": [FORGET]}])
+    assert set(data.held_train.labels.tolist()) == {FORGET}
     against = compose.merged_model(_load_base(demo), [forgot_one["adapter"]], [1.0])
     recipe.module().train(recipe, model=against, tokenizer=None, data=data, out_dir=tmp_path / "second")
     adapters = [forgot_one["adapter"], tmp_path / "second"]
