@@ -212,18 +212,28 @@ class BestSnapshot:
         score = abs(measured["mia_auc"] - 0.5) + measured.get("kept_revived", 0.0) + float(stop.retain_short(measured))
         if score < self.score:
             self.score, self.step = score, step
-            self.state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+            self.state = trainable_state(model)
 
     def restore(self, model) -> bool:
         if self.state is None:
             return False
-        import torch
-
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in self.state:
-                    param.copy_(self.state[name])
+        load_trainable(model, self.state)
         return True
+
+
+def trainable_state(model) -> dict[str, Any]:
+    """A copy of the model's trainable weights (an adapter's), by parameter name."""
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def load_trainable(model, state: dict[str, Any]) -> None:
+    """Copy `state` (from `trainable_state`) back into the model's parameters of those names."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
 
 
 def lora_config(model, spec) -> Any:

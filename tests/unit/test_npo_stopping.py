@@ -9,8 +9,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from forgetd.training.common import StopCheck, encode_forget, lora_config, pad, sequence_nll  # noqa: E402
-from forgetd.training.recipes.npo_lora import _bisect, _straddles, _trainable  # noqa: E402
+from forgetd.training.common import (  # noqa: E402
+    StopCheck,
+    encode_forget,
+    load_trainable,
+    lora_config,
+    pad,
+    sequence_nll,
+    trainable_state,
+)
+from forgetd.training.recipes.npo_lora import _bisect, _straddles  # noqa: E402
 from forgetd.training.registry import AdapterSpec  # noqa: E402
 
 
@@ -29,7 +37,7 @@ def jumped(tiny_lm):
     torch.manual_seed(0)
     base = causal_lm.load_model(model_dir)
     model = get_peft_model(base, lora_config(base, AdapterSpec(type="lora", r=4, alpha=8)))
-    before = _trainable(model)
+    before = trainable_state(model)
     ids, mask, labels = pad(encode_forget(tokenizer, data), tokenizer.pad_token_id)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     stop = _stop(data)
@@ -41,20 +49,13 @@ def jumped(tiny_lm):
         optimizer.step()
         if stop.measure(model, tokenizer)["mia_auc"] < 0.2:
             break
-    return model, tokenizer, data, before, _trainable(model)
+    return model, tokenizer, data, before, trainable_state(model)
 
 
 def _stop(data, **kw) -> StopCheck:
     calibration = data.calibration_half()
     return StopCheck(forget_qa=data.forget_qa, forget_texts=data.forget_texts, reference_qa=calibration.reference_qa,
                      reference_texts=calibration.reference_texts, qa_margin=1.0, mia_margin=0.05, **kw)
-
-
-def _load(model, weights) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
 
 
 def test_straddling_is_a_jump_across_the_band_either_way():
@@ -67,9 +68,9 @@ def test_straddling_is_a_jump_across_the_band_either_way():
 def test_the_search_stops_inside_the_band_and_leaves_the_model_there(jumped):
     model, tokenizer, data, before, after = jumped
     stop = _stop(data)
-    _load(model, before)
+    load_trainable(model, before)
     start = stop.measure(model, tokenizer)
-    _load(model, after)
+    load_trainable(model, after)
     end = stop.measure(model, tokenizer)
     assert start["mia_auc"] > 0.55 and end["mia_auc"] < 0.45, (start, end)
 
@@ -78,7 +79,7 @@ def test_the_search_stops_inside_the_band_and_leaves_the_model_there(jumped):
     t, measured = found
     assert 0.0 < t < 1.0 and abs(measured["mia_auc"] - 0.5) <= 0.05
     # the model holds exactly the interpolated weights, and they measure as reported
-    for name, value in _trainable(model).items():
+    for name, value in trainable_state(model).items():
         assert torch.equal(value, torch.lerp(before[name], after[name], t))
     assert stop.measure(model, tokenizer)["mia_auc"] == measured["mia_auc"]
 
@@ -87,11 +88,11 @@ def test_a_crossing_the_rule_refuses_leaves_the_model_where_training_was(jumped)
     model, tokenizer, data, before, after = jumped
     # a retain floor no sample can reach: every point in the band is refused
     stop = _stop(data, retain_qa=data.retain_qa[:16], retain_floor=1.01)
-    _load(model, before)
+    load_trainable(model, before)
     start = stop.measure(model, tokenizer)
-    _load(model, after)
+    load_trainable(model, after)
     assert _bisect(model, tokenizer, stop, (start, before), 8) is None
-    for name, value in _trainable(model).items():
+    for name, value in trainable_state(model).items():
         assert torch.equal(value, after[name])
 
 
@@ -100,16 +101,16 @@ def test_reference_scores_are_reused_only_far_above_the_band(jumped):
 
     model, tokenizer, data, before, after = jumped
     calibration = data.calibration_half()
-    _load(model, before)  # the base: the forget set far above the band
+    load_trainable(model, before)  # the base: the forget set far above the band
     stop = _stop(data, reuse_reference_above=0.8)
     first, second = stop.measure(model, tokenizer), stop.measure(model, tokenizer)
     assert "reference_reused" not in first and second["reference_reused"] == 1.0
     assert second["mia_auc"] == first["mia_auc"] == mia_auc(model, tokenizer, data.forget_texts, calibration.reference_texts)
-    _load(model, after)  # far below: scored afresh, and the AUC is the one a fresh StopCheck measures
+    load_trainable(model, after)  # far below: scored afresh, and the AUC is the one a fresh StopCheck measures
     low = stop.measure(model, tokenizer)
     assert "reference_reused" not in low and low["mia_auc"] == _stop(data).measure(model, tokenizer)["mia_auc"]
     # with earlier requests held, never reused (they sit in the band, where stale scores could mislead)
-    _load(model, before)
+    load_trainable(model, before)
     held = _stop(data, reuse_reference_above=0.8, kept=[(data.forget_texts, data.forget_qa)])
     held.measure(model, tokenizer)
     assert "reference_reused" not in held.measure(model, tokenizer)

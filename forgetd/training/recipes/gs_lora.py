@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forgetd.training.common import Progress, TrainingFailed, check_loss, lora_config, seed_everything
+from forgetd.training.common import (
+    Progress,
+    TrainingFailed,
+    check_loss,
+    load_trainable,
+    lora_config,
+    seed_everything,
+    trainable_state,
+)
 
 # A pruning step may cost at most this much calibration retain accuracy (about two validation images).
 PRUNE_RETAIN_TOLERANCE = 0.005
@@ -50,7 +58,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     started = time.perf_counter()
     calibration = data.calibration_half()
     forget, retain = data.forget_train, data.retain_train
-    held = data.held_train if spec.keep_forgotten_weight > 0 and getattr(data, "held_train", None) is not None else None
+    held = data.held_train if spec.keep_forgotten_weight > 0 else None
     if len(forget) == 0:
         raise TrainingFailed("no trained samples to forget", field="forget")
     original = _measure(family, model, calibration)
@@ -123,7 +131,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             eligible = forgotten and (spec.group_alpha == 0 or step > spec.warmup_steps)
             if eligible and (best is None or measured["retain_acc"] >= best["retain_acc"]):
                 best = {"step": step, "retain_acc": measured["retain_acc"],
-                        "state": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
+                        "state": trainable_state(model)}
             # The sparsity phase runs at least as long as the warm-up: long enough for unneeded groups to
             # fall below the pruning threshold (measured on the digits demo: 30 steps at α = 0.1).
             if (spec.stop == "reference" and eligible and step >= 2 * spec.warmup_steps
@@ -137,7 +145,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 "nothing was stored",
                 field="train",
             )
-        _restore(model, best["state"])
+        load_trainable(model, best["state"])
         if best["step"] != step:
             stop_reason += f"; restored step {best['step']}"
     norms = _delta_norms(model, groups)
@@ -199,15 +207,6 @@ def _prototype_loss(lg, labels, prototypes, *, push: bool):
 
     cos = torch.nn.functional.cosine_similarity(lg, prototypes[labels], dim=-1)
     return torch.relu(cos).mean() if push else (1 - cos).mean()
-
-
-def _restore(model, state) -> None:
-    import torch
-
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in state:
-                param.copy_(state[name])
 
 
 def _lora_modules(model, block: int):

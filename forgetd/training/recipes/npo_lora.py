@@ -48,12 +48,14 @@ from forgetd.training.common import (
     check_loss,
     encode,
     encode_forget,
+    load_trainable,
     lora_config,
     pad,
     retain_kl,
     sample,
     seed_everything,
     sequence_nll,
+    trainable_state,
 )
 
 
@@ -187,7 +189,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                         stop_reason = f"reference; interpolated {found[0]:.3f} of the way from step {step - spec.eval_every}"
                         break
                 if spec.bisect:
-                    previous = (measured, _trainable(model))
+                    previous = (measured, trainable_state(model))
                 if stop.overshot(measured):
                     stop_reason = "overshot"
                     break
@@ -202,10 +204,6 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         "trainable_params": sum(p.numel() for p in params),
         "kept_requests": len(kept_groups),
     }
-
-
-def _trainable(model) -> dict[str, Any]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
 def _straddles(before: dict[str, float], after: dict[str, float], margin: float) -> bool:
@@ -224,16 +222,13 @@ def _bisect(model, tokenizer, stop, start: tuple[dict[str, float], dict[str, Any
     import torch
 
     start_measured, start_weights = start
-    end_weights = _trainable(model)
-    params = dict(model.named_parameters())
+    end_weights = trainable_state(model)
     # t_high is the end of the current interval on the high-AUC side, t_low the one on the low side
     t_high, t_low = (0.0, 1.0) if start_measured["mia_auc"] > 0.5 else (1.0, 0.0)
     found = None
     for _ in range(evaluations):
         t = (t_high + t_low) / 2
-        with torch.no_grad():
-            for name, a in start_weights.items():
-                params[name].copy_(torch.lerp(a, end_weights[name], t))
+        load_trainable(model, {name: torch.lerp(a, end_weights[name], t) for name, a in start_weights.items()})
         measured = stop.measure(model, tokenizer)
         if stop.satisfied(measured):
             found = (t, measured)
@@ -245,7 +240,5 @@ def _bisect(model, tokenizer, stop, start: tuple[dict[str, float], dict[str, Any
         else:
             break
     if found is None:
-        with torch.no_grad():
-            for name, b in end_weights.items():
-                params[name].copy_(b)
+        load_trainable(model, end_weights)
     return found
