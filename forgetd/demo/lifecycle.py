@@ -70,6 +70,16 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
     try:
         init = api.init(api.open_context(base, check_schema=False))
         steps.append(f"init: schema {init['to']}, master key at {init['master_key']}")
+        shapes_result = home / "logs" / "demo-shapes.json"
+        if with_models:
+            from forgetd.demo import prebuild
+
+            # the text-to-image part (the longest, and the longest fresh build) runs on the other core from
+            # the start, while everything else runs here (forgetd.demo.prebuild)
+            shapes_build = prebuild.start_shapes_part(home, base.cache_dir, home / "logs" / "demo-shapes.log",
+                                                      shapes_result)
+            if shapes_build is not None:
+                steps.append(f"demo-shapes running in a second process (log: {shapes_build.log_path})")
         weights = build_demo_weights(home / "models" / "credit-mlp")
         api.model_register(as_("alice"), "credit-mlp", "tabular_classifier", str(weights))
         steps.append("alice registered model credit-mlp (weights hashed)")
@@ -132,16 +142,7 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
         seconds: dict[str, float] = {}
         if with_models:
             from forgetd.demo import llm as llm_demo
-            from forgetd.demo import prebuild
-
-            # the text-to-image part (the longest, and the longest fresh build) runs on the other core while
-            # the other parts run here (forgetd.demo.prebuild)
             models_began = time.perf_counter()
-            shapes_result = home / "logs" / "demo-shapes.json"
-            shapes_build = prebuild.start_shapes_part(home, base.cache_dir, home / "logs" / "demo-shapes.log",
-                                                      shapes_result)
-            if shapes_build is not None:
-                steps.append(f"demo-shapes running in a second process (log: {shapes_build.log_path})")
             began = time.perf_counter()
             llm = llm_demo.run(as_, base.cache_dir, home, progress=progress)
             seconds["demo-lm"] = round(time.perf_counter() - began, 1)

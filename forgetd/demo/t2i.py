@@ -6,8 +6,9 @@ and `api.generate` draws before/after grids from the served checkpoint, both wit
 (`dynamic`) and with the static merge. The verifier's numbers are the ones the pipeline recorded as
 evidence when it verified the candidate.
 
-`python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON` runs this part in a process of its own on the demo's
-home (forgetd.demo.prebuild.start_shapes_part), while the demo runs the other parts."""
+`python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON [CORES_FILE]` runs this part in a process of its own on
+the demo's home (forgetd.demo.prebuild.start_shapes_part), while the demo runs the other parts; once CORES_FILE
+appears it takes the thread count written there (forgetd.demo.prebuild.FreeCores)."""
 
 from __future__ import annotations
 
@@ -97,16 +98,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from forgetd.cli.tick import _printer
     from forgetd.demo.lifecycle import Operators, demo_settings
+    from forgetd.demo.prebuild import FreeCores
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3:
-        print("usage: python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON", file=sys.stderr)
+    if len(args) not in (3, 4):
+        print("usage: python -m forgetd.demo.t2i HOME CACHE_DIR RESULT_JSON [CORES_FILE]", file=sys.stderr)
         return 2
     home, cache_dir, result_path = Path(args[0]), Path(args[1]), Path(args[2])
+    cores = FreeCores(Path(args[3]) if len(args) == 4 else None)
     as_ = Operators(demo_settings(home))
     began = time.perf_counter()
     try:
-        result = run(as_, cache_dir, home, progress=_printer(False))
+        result = run(as_, cache_dir, home, progress=cores.wrap(_printer(False)))
     finally:
         as_.close()
     result["seconds"] = round(time.perf_counter() - began, 1)

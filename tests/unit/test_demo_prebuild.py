@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -36,3 +37,41 @@ def test_stop_ends_a_running_child(tmp_path):
     child.stop()
     assert child.proc.poll() is not None and torch.get_num_threads() == threads
     child.stop()  # a second stop is harmless
+
+
+def test_waiting_hands_this_process_threads_to_the_child(tmp_path):
+    """The demo waits for the child only when its own parts are done: the child then takes the threads."""
+    cores = tmp_path / "demo-shapes.cores"
+    script = "\n".join([
+        "import sys, time, torch",
+        "from pathlib import Path",
+        "from forgetd.demo.prebuild import FreeCores",
+        "cores = FreeCores(Path(sys.argv[1]))",
+        "print(torch.get_num_threads(), cores.free(), flush=True)",
+        "while not cores.free():",
+        "    time.sleep(0.02)",
+        "print(torch.get_num_threads())",
+    ])
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        child = prebuild._spawn([sys.executable, "-c", script, str(cores)], tmp_path / "child.log", cores_path=cores)
+        time.sleep(3)  # the child is running, and must keep one thread until this process waits
+        assert not cores.exists()
+        assert child.wait() == 0
+        assert child.log_path.read_text().split() == ["1", "False", "2"]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_cores_file_without_a_count_keeps_one_thread(tmp_path):
+    cores = tmp_path / "x.cores"
+    cores.write_text("two")
+    free = prebuild.FreeCores(cores)
+    before = torch.get_num_threads()
+    try:
+        assert free.free() and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert prebuild.FreeCores(None).free()  # nothing to wait for
