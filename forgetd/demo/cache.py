@@ -14,6 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed into place: a concurrent reader (another demo
+    process, the demo's other half) sees the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     import fcntl

@@ -49,15 +49,13 @@ def calibrate(cfg, k: int, *, seed: int = 0, retrains: int = 2) -> float:
 def cached_delta(root: Path, cfg, k: int, *, seed: int = 0, retrains: int = 2) -> float:
     """`calibrate`'s δ, kept beside the cached model it was calibrated for: it is a function of the model's
     config, k and the seed alone, and its retrainings were the credit part's longest step on a cached run."""
-    import os
+    from forgetd.demo.cache import write_atomic
 
     path = root / f"delta-k{k}-seed{seed}-retrains{retrains}.json"
     if path.is_file():
         return float(json.loads(path.read_text())["delta"])
     delta = calibrate(cfg, k, seed=seed, retrains=retrains)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"delta": delta, "k": k, "seed": seed, "retrains": retrains}))
-    tmp.replace(path)  # atomic: a concurrent demo reads the old state or the whole file
+    write_atomic(path, json.dumps({"delta": delta, "k": k, "seed": seed, "retrains": retrains}))
     return delta
 
 

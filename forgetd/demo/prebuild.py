@@ -36,9 +36,9 @@ class Prebuild:
         meanwhile), then take them back; the child's exit status."""
         try:
             if self.cores_path is not None and self.proc.poll() is None:
-                tmp = self.cores_path.with_name(f".{self.cores_path.name}.tmp")
-                tmp.write_text(str(self._threads_before))
-                tmp.replace(self.cores_path)
+                from forgetd.demo.cache import write_atomic
+
+                write_atomic(self.cores_path, str(self._threads_before))
             return self.proc.wait()
         finally:
             self._release()
@@ -73,7 +73,7 @@ class FreeCores:
 
     def free(self) -> bool:
         """Take the cores if the file is there; True once there is nothing left to wait for."""
-        if not self.taken and self.path is not None and self.path.exists():
+        if not self.taken and self.path.exists():
             import torch
 
             try:

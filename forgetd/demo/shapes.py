@@ -29,8 +29,8 @@ default trains in ≈120 s (VAE 16, UNet 95, verifier 6) on an AVX-512 Xeon, ≈
 EPYC, and draws the prompted shape ≥ 96% of the time per shape (synonym prompts ≥ 97%, colour ≥ 97%; 10
 DPM-Solver steps at guidance 5); `for_tests()` trains in ≈68 s and draws it 93-100%. Fewer UNet training
 samples than that (≤ 40k) gave 30-90% with large seed-to-seed swings; the same samples in fewer steps
-(600 × 128, 1000 × 48, 1200 × 40) drew some shapes only 85-93% of the time. Two threads only pay on an idle machine: with any other process running, OpenMP
-spin-waits made a UNet step 10× slower here.
+(600 × 128, 1000 × 48, 1200 × 40) drew some shapes only 85-93% of the time. Two threads only pay on an idle
+machine: with any other process running, OpenMP spin-waits made a UNet step 10× slower here.
 torch, diffusers and transformers are imported inside functions: importing this module stays cheap.
 """
 

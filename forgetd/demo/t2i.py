@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     from forgetd.cli.tick import _printer
+    from forgetd.demo.cache import write_atomic
     from forgetd.demo.lifecycle import Operators, demo_settings
     from forgetd.demo.prebuild import FreeCores
 
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         as_.close()
     result["seconds"] = round(time.perf_counter() - began, 1)
-    tmp = result_path.with_name(f".{result_path.name}.tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(result_path)
+    write_atomic(result_path, json.dumps(result))
     return 0
 
 
