@@ -126,7 +126,7 @@ def test_twenty_requests_survive_daemon_and_worker_kills(settings, cli_env, tmp_
 
     model_dir, dataset, _ = tiny_lm
     people = [p.id for p in load_demo_corpus(model_dir).trained][:20]
-    s = _pipeline_settings(settings, tmp_path, batch=5, max_steps=30, stop="fixed")
+    s = _pipeline_settings(settings, tmp_path, batch=5, max_steps=10, stop="fixed")
     ctx = api.open_context(s)
     api.model_register(ctx, "lm", "causal_lm", str(model_dir), dataset=str(dataset))
     ids = _submit_all(ctx, people)

@@ -44,12 +44,11 @@ def db_url(sqlite_url):
 
 @pytest.fixture(scope="module")
 def shapes_model(tmp_path_factory):
-    import torch
-
     from forgetd.demo import shapes
 
-    torch.set_num_threads(1)  # bit-reproducible; shares the build with tests/unit/test_t2i_family.py
-    root = shapes.ensure_shapes_t2i(tmp_path_factory.getbasetemp() / "shapes-t2i-home", shapes.ShapesConfig.for_tests())
+    # one thread: bit-reproducible, and shared with tests/unit/test_t2i_family.py (which also builds on one)
+    root = shapes.ensure_shapes_t2i(tmp_path_factory.getbasetemp() / "shapes-t2i-home", shapes.ShapesConfig.for_tests(),
+                                    threads=1)
     return shapes.model_path(root), shapes.dataset_path(root)
 
 
