@@ -31,15 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SWAPS = 6  # holdout people whose name and e-mail stand in for the forgotten person's, per estimate
 
 
-def _per_person_auc(model, tokenizer, dataset, people) -> list[float]:
-    from forgetd.families import causal_lm
+def _per_person_auc(model, tokenizer, forget: list) -> list[float]:
+    """Each person's AUC on `model`, judged as the forgetting bench judges (the verification half)."""
     from forgetd.verify.causal_lm import mia_auc
 
-    out = []
-    for person in people:
-        data = causal_lm.forget_data(dataset, [{"corpus_ids": [person.id]}])
-        out.append(mia_auc(model, tokenizer, data.forget_texts, data.verification_half().reference_texts))
-    return out
+    return [mia_auc(model, tokenizer, data.forget_texts, data.verification_half().reference_texts) for data in forget]
 
 
 def _swapped(texts: list[str], person, stand_in) -> list[str]:
@@ -54,13 +50,11 @@ def _swapped(texts: list[str], person, stand_in) -> list[str]:
     return out
 
 
-def _name_swap_estimates(model, tokenizer, dataset, corpus, people) -> list[float]:
-    from forgetd.families import causal_lm
+def _name_swap_estimates(model, tokenizer, corpus, people, forget: list) -> list[float]:
     from forgetd.verify.causal_lm import mia_auc
 
     out = []
-    for person in people:
-        data = causal_lm.forget_data(dataset, [{"corpus_ids": [person.id]}])
+    for person, data in zip(people, forget):
         reference = data.calibration_half().reference_texts  # what a stopping rule may look at
         out.append(statistics.mean(
             mia_auc(model, tokenizer, _swapped(data.forget_texts, person, stand_in), reference)
@@ -73,8 +67,8 @@ def _corr(a: list[float], b: list[float]) -> float:
     return statistics.correlation(a, b) if len(a) > 1 else float("nan")
 
 
-def _summary(per_seed: dict[int, list[float]], estimate: list[float], first: int) -> dict:
-    seeds = sorted(per_seed)
+def _summary(per_seed: dict[str, list[float]], estimate: list[float], first: int) -> dict:
+    seeds = sorted(per_seed, key=int)
     means_first = {s: statistics.mean(per_seed[s][:first]) for s in seeds}
     means_all = {s: statistics.mean(per_seed[s]) for s in seeds}
     pairs = list(itertools.combinations(seeds, 2))
@@ -86,10 +80,9 @@ def _summary(per_seed: dict[int, list[float]], estimate: list[float], first: int
         "pairwise_abs_diff_all": {f"{a}-{b}": abs(means_all[a] - means_all[b]) for a, b in pairs},
         "per_person_sd_mean": statistics.mean(per_person_sd),
         "per_person_corr": {f"{a}-{b}": _corr(per_seed[a], per_seed[b]) for a, b in pairs},
-        "name_swap_corr": {str(s): _corr(estimate, per_seed[s]) for s in seeds},
-        "name_swap_mean_abs_err": {str(s): statistics.mean(abs(e - v) for e, v in zip(estimate, per_seed[s]))
-                                   for s in seeds},
-        "constant_half_mean_abs_err": {str(s): statistics.mean(abs(0.5 - v) for v in per_seed[s]) for s in seeds},
+        "name_swap_corr": {s: _corr(estimate, per_seed[s]) for s in seeds},
+        "name_swap_mean_abs_err": {s: statistics.mean(abs(e - v) for e, v in zip(estimate, per_seed[s])) for s in seeds},
+        "constant_half_mean_abs_err": {s: statistics.mean(abs(0.5 - v) for v in per_seed[s]) for s in seeds},
     }
 
 
@@ -170,23 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     forget_set = tuple(p.id for p in corpus.forget_candidates)
     people = corpus.forget_candidates[: args.people]
     tokenizer = causal_lm.load_tokenizer(original)
-    per_seed: dict[int, list[float]] = {}
+    per_seed: dict[str, list[float]] = {}  # by training seed, as text: the JSON's keys
     seconds: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         dataset = load_dataset_file(write_corpus_dataset(corpus, work / "dataset.json"))
+        forget = [causal_lm.forget_data(dataset, [{"corpus_ids": [p.id]}]) for p in people]
         with torch.no_grad():
-            estimate = _name_swap_estimates(causal_lm.load_model(original).eval(), tokenizer, dataset, corpus, people)
+            estimate = _name_swap_estimates(causal_lm.load_model(original).eval(), tokenizer, corpus, people, forget)
         for seed in range(args.seeds):
             started = time.perf_counter()
             train_tiny_lm(replace(cfg, exclude_ids=forget_set, seed=seed), work / f"retrained-{seed}", threads=args.threads)
             seconds.append(time.perf_counter() - started)
             with torch.no_grad():
                 model = causal_lm.load_model(work / f"retrained-{seed}").eval()
-                per_seed[seed] = _per_person_auc(model, tokenizer, dataset, people)
+                per_seed[str(seed)] = _per_person_auc(model, tokenizer, forget)
             print(f"[retrained seed {seed}] {seconds[-1]:.1f}s  first {args.first}: "
-                  f"{statistics.mean(per_seed[seed][: args.first]):.3f}", flush=True)
-    summary = json.loads(json.dumps(_summary(per_seed, estimate, args.first)))  # int keys become strings
+                  f"{statistics.mean(per_seed[str(seed)][: args.first]):.3f}", flush=True)
     result = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
@@ -195,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "first": args.first,
         "people": [p.id for p in people],
         "retrain_seconds": seconds,
-        "per_seed": {str(k): v for k, v in per_seed.items()},
+        "per_seed": per_seed,
         "name_swap": estimate,
-        "summary": summary,
+        "summary": _summary(per_seed, estimate, args.first),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "llm_retrain_noise.json").write_text(json.dumps(result, indent=2) + "\n")
