@@ -171,8 +171,12 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
         forgotten = [measured["people"][p]["forget_qa_acc"] for p in so_far]
         if shown["status"] == "completed":
             completed.append(person)
+        # how the last training of this request ended: the adapter.trained audit event's steps and stop reason
+        trained = [e["payload"] for e in api.audit_log(ctx, request_id=request_id) if e["action"] == "adapter.trained"]
         step = {
             "request": label, "person": person, "status": shown["status"], "reason": shown["status_reason"],
+            "steps": trained[-1]["steps"] if trained else None,
+            "stop_reason": trained[-1]["stop_reason"] if trained else None,
             "served_version": served["version"], "retain_qa_acc": measured["retain_qa_acc"],
             "retain_ratio": measured["retain_qa_acc"] / start["retain_qa_acc"],
             "max_earlier_forget_qa": max(forgotten), "mean_earlier_forget_qa": statistics.fmean(forgotten),
@@ -264,17 +268,24 @@ def _markdown(result: dict) -> str:
                   "Forget QA of the served checkpoint on the people whose requests completed so far (what the",
                   "pipeline verified) and on every person so far (a failed request leaves its person unforgotten).",
                   *_gold_retain_line(result), "",
-                  "| request | status | served | retain QA / original | completed | max forget QA, completed people "
-                  "| max forget QA, all people so far |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| request | status | training steps | served | retain QA / original | completed "
+                  "| max forget QA, completed people | max forget QA, all people so far |",
+                  "|---|---|---|---|---|---|---|---|"]
         if seq.get("retries"):
             lines[-3:-3] = ["Rows 'retry of N': after the last request, each refused request retried once from training",
                             "(`forgetd request retry ID --from train`, what an operator does), against the checkpoint",
                             "served by then; their last column covers all the people."]
         for s in [*seq["steps"], *seq.get("retries", [])]:
-            lines.append(f"| {s['request']} | {s['status']} | v{s['served_version']} | {s['retain_ratio']:.3f} "
-                         f"| {s.get('completed', '-')} | {s.get('max_completed_forget_qa', float('nan')):.3f} "
-                         f"| {s['max_earlier_forget_qa']:.3f} |")
+            lines.append(f"| {s['request']} | {s['status']} | {s.get('steps') or '-'} | v{s['served_version']} "
+                         f"| {s['retain_ratio']:.3f} | {s.get('completed', '-')} "
+                         f"| {s.get('max_completed_forget_qa', float('nan')):.3f} | {s['max_earlier_forget_qa']:.3f} |")
+        last = [*seq["steps"], *seq.get("retries", [])][-1]
+        done = [p for p, auc in last["mia_auc_by_person"].items() if last["forget_qa_by_person"][p] == 0.0]
+        if done:
+            aucs = [last["mia_auc_by_person"][p] for p in done]
+            lines += ["", f"Min-K% MIA AUC of the last served checkpoint (v{last['served_version']}) on the {len(done)} "
+                      f"people it answers nothing about, verification half: {min(aucs):.2f} to {max(aucs):.2f} "
+                      "(policy bound: within 0.10 of 0.5)."]
     return "\n".join(lines) + "\n"
 
 

@@ -107,9 +107,11 @@ class StopCheck:
     higher than the reference's (plus a margin) and Min-K% MIA AUC no higher than 0.5 (plus a margin).
 
     `kept` holds (texts, QA) of requests the starting checkpoint already forgets. Each is judged by the
-    same criterion against the same reference scores; one that has drifted back (`last_revived`) blocks
-    stopping until the recipe has pushed it back under. With `retain_qa`, stopping also waits until
-    accuracy on that sample reaches `retain_floor`."""
+    same criterion against the same reference scores, in both directions, because verification bounds
+    |AUC − 0.5|: one that has drifted back (`last_revived`: answers or familiarity back) or sunk below the
+    band (`last_sunk`: less familiar than unseen people, which gives it away just as well) blocks stopping
+    until the recipe has moved it back into the band. With `retain_qa`, stopping also waits until accuracy
+    on that sample reaches `retain_floor`."""
 
     forget_qa: Sequence[tuple[str, str]]
     forget_texts: Sequence[str]
@@ -121,6 +123,9 @@ class StopCheck:
     reference_qa_acc: float = float("nan")
     kept: Sequence[tuple[Sequence[str], Sequence[tuple[str, str]]]] = ()
     last_revived: list[int] = field(default_factory=list)
+    last_sunk: list[int] = field(default_factory=list)
+    # which of the new request's QA pairs the model still answers, as of the last measurement
+    last_answered: list[bool] = field(default_factory=list)
     # retain QA sample and the accuracy on it below which stopping waits (the recipe repairs meanwhile);
     # measured only once everything else is satisfied, so a run that never gets there pays nothing
     retain_qa: Sequence[tuple[str, str]] = ()
@@ -145,6 +150,7 @@ class StopCheck:
             groups = [(self.forget_texts, self.forget_qa), *self.kept]
             scores = min_k_scores(model, tokenizer, [t for texts, _ in groups for t in texts])
             correct = qa_correct(model, tokenizer, [qa for _, group_qa in groups for qa in group_qa])
+            self.last_answered = list(correct[: len(self.forget_qa)])
             reference = self._reference
             reused = (
                 reference is not None and not self.kept and bool(self.forget_texts)
@@ -165,11 +171,16 @@ class StopCheck:
                 i for i, (qa_acc, mia) in enumerate(verdicts[1:])
                 if qa_acc > self.reference_qa_acc + self.qa_margin or mia > 0.5 + self.mia_margin
             ]
+            self.last_sunk = [
+                i for i, (_, mia) in enumerate(verdicts[1:])
+                if mia < 0.5 - self.mia_margin and i not in self.last_revived
+            ]
             measured = {"forget_qa_acc": verdicts[0][0], "mia_auc": verdicts[0][1]}
             if reused:
                 measured["reference_reused"] = 1.0
             if self.kept:
                 measured["kept_revived"] = float(len(self.last_revived))
+                measured["kept_sunk"] = float(len(self.last_sunk))
             if self.retain_qa and self.forgotten_enough(measured):
                 correct = qa_correct(model, tokenizer, self.retain_qa)
                 measured["retain_qa_acc"] = sum(correct) / len(correct)
@@ -182,6 +193,7 @@ class StopCheck:
             measured["forget_qa_acc"] <= self.reference_qa_acc + self.qa_margin
             and abs(measured["mia_auc"] - 0.5) <= self.mia_margin
             and not measured.get("kept_revived")
+            and not measured.get("kept_sunk")
         )
 
     def retain_short(self, measured: dict[str, float]) -> bool:
@@ -208,8 +220,9 @@ class BestSnapshot:
     def offer(self, model, measured: dict[str, float], stop: StopCheck, step: int) -> None:
         if measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin:
             return
-        # an earlier request drifted back, or a retain sample still short, outweighs any distance from 0.5
-        score = abs(measured["mia_auc"] - 0.5) + measured.get("kept_revived", 0.0) + float(stop.retain_short(measured))
+        # an earlier request out of the band, or a retain sample still short, outweighs any distance from 0.5
+        score = (abs(measured["mia_auc"] - 0.5) + measured.get("kept_revived", 0.0) + measured.get("kept_sunk", 0.0)
+                 + float(stop.retain_short(measured)))
         if score < self.score:
             self.score, self.step = score, step
             self.state = trainable_state(model)

@@ -230,17 +230,23 @@ def test_stop_check_judges_an_earlier_request_like_the_new_one(tiny_lm):
     from forgetd.datasets import load_dataset_file
     from forgetd.families import causal_lm
     from forgetd.training.common import StopCheck
+    from forgetd.verify.causal_lm import qa_correct
 
     model_dir, dataset, people = tiny_lm
     model, tokenizer = causal_lm.load_model(model_dir), causal_lm.load_tokenizer(model_dir)
     data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}]).calibration_half()
     stop = StopCheck(forget_qa=data.forget_qa, forget_texts=data.forget_texts, reference_qa=data.reference_qa,
                      reference_texts=data.reference_texts, qa_margin=0.0, mia_margin=0.05,
-                     kept=[(data.forget_texts, data.forget_qa), (data.reference_texts, data.reference_qa)])
+                     kept=[(data.forget_texts, data.forget_qa), (data.reference_texts, data.reference_qa),
+                           ([text[::-1] for text in data.reference_texts], [])])
     measured = stop.measure(model, tokenizer)
     # the same person held as an earlier request gets the new request's verdict: still known, so revived;
-    # the reference set itself, held the same way, looks exactly like the reference
+    # the reference set itself, held the same way, looks exactly like the reference; reversed text is far
+    # less likely than any unseen person's, so sunk below the band
     assert measured["forget_qa_acc"] > stop.reference_qa_acc and stop.last_revived == [0]
+    assert stop.last_sunk == [2] and measured["kept_sunk"] == 1.0
+    # the new request's answers one by one, for the recipe to push only those still given
+    assert stop.last_answered == qa_correct(model, tokenizer, data.forget_qa) and len(stop.last_answered) == len(data.forget_qa)
     assert measured["kept_revived"] == 1.0 and not stop.satisfied(measured)
 
 

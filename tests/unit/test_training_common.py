@@ -51,10 +51,13 @@ def test_an_earlier_request_drifting_back_or_a_short_retain_sample_blocks_stoppi
     done = {"forget_qa_acc": 0.0, "mia_auc": 0.5, "kept_revived": 0.0, "retain_qa_acc": 0.95}
     assert stop.satisfied(done)
     assert not stop.satisfied({**done, "kept_revived": 1.0}) and not stop.forgotten_enough({**done, "kept_revived": 1.0})
+    # sinking below the band gives an earlier request away as much as drifting back up
+    assert not stop.satisfied({**done, "kept_sunk": 1.0}) and not stop.forgotten_enough({**done, "kept_sunk": 1.0})
     assert not stop.satisfied({**done, "retain_qa_acc": 0.85}) and stop.forgotten_enough({**done, "retain_qa_acc": 0.85})
     model = torch.nn.Linear(2, 2)
     snapshot = BestSnapshot()
     snapshot.offer(model, {**done, "mia_auc": 0.5, "kept_revived": 1.0}, stop, 1)
     snapshot.offer(model, {**done, "mia_auc": 0.56}, stop, 2)  # further from 0.5, but nothing drifted back
     snapshot.offer(model, {**done, "mia_auc": 0.5, "retain_qa_acc": 0.5}, stop, 3)
+    snapshot.offer(model, {**done, "mia_auc": 0.5, "kept_sunk": 1.0}, stop, 4)
     assert snapshot.step == 2

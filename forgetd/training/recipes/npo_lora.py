@@ -12,17 +12,21 @@ forgets them, this adapter must not bring them back. Their forget data is held i
 (to the starting checkpoint, weight `keep_forgotten_weight`), and is judged at every evaluation like the
 new request's: one that drifted back (forgetting a stranger-like pattern lowers every unseen person's
 likelihood, so the earlier people look familiar again next to the reference set) rejoins the NPO term
-and blocks stopping until it is under again.
+and blocks stopping until it is under again. One that sank below the band (the KL pins the earlier
+people where they were while the new adapter moves the unseen people's scores they are judged against)
+leaves the KL, gets the pull-back step below on its texts, and blocks stopping the same way:
+verification bounds |AUC − 0.5| in both directions.
 Stops when the forget set looks like the reference set (`train.stop: reference`) or after max_steps.
 
 Gating (`train.gate`): the forget texts and the forget QA answers are two objectives that converge at
 different speeds — text likelihood (what Min-K% MIA sees) falls long before the answers go, and pushing
 on after the MIA AUC reached 0.5 over-forgets. So at every evaluation each group stays in the loss only
-while its own criterion is unmet: QA answers while forget QA accuracy exceeds the reference's, texts
-while the MIA AUC is above 0.5 + margin. Forgetting the answers still lowers the texts' likelihood, so
-when the AUC falls below 0.5 − margin the texts switch to plain likelihood (a small descent step that
-pulls them back toward how unseen text looks, weight `train.pull_back_weight`) until the AUC is back
-in the band.
+while its own criterion is unmet: QA answers while forget QA accuracy exceeds the reference's (and of
+those only the answers the model still gives: pushing on the ones already gone diluted the push on a
+last stubborn answer until max_steps), texts while the MIA AUC is above 0.5 + margin. Forgetting the
+answers still lowers the texts' likelihood, so when the AUC falls below 0.5 − margin the texts switch to
+plain likelihood (a small descent step that pulls them back toward how unseen text looks, weight
+`train.pull_back_weight`) until the AUC is back in the band.
 
 Step size (`train.bisect`): a learning rate high enough to forget in a handful of steps also jumps the band
 in one step. When two evaluations fall on opposite sides of it, the segment between the two adapters'
@@ -113,6 +117,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     groups = {"text": [i for i in own if forget[i][1] == 1], "qa": [i for i in own if forget[i][1] != 1]}
     active = sorted(groups["text"] + groups["qa"])
     revived: list[int] = []  # kept groups currently back in the forget loss
+    sunk: list[int] = []  # kept groups currently below the band, pulled back up by likelihood
     pull_back = False
     params = [p for p in model.parameters() if p.requires_grad]
     lr = spec.kept_lr if kept_groups and spec.kept_lr else spec.lr
@@ -134,6 +139,10 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         if pull_back and groups["text"]:
             t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, groups["text"], spec.batch_size)], pad_id)
             loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+        sunk_texts = [i for g in sunk for i in kept_index[g] if forget[i][1] == 1]
+        if sunk_texts:
+            s_ids, s_mask, s_labels = pad([forget[i] for i in sample(rng, sunk_texts, spec.batch_size)], pad_id)
+            loss = loss + spec.pull_back_weight * model(input_ids=s_ids, attention_mask=s_mask, labels=s_labels).loss
         if retain and spec.retain_weight > 0:
             size = spec.retain_batch_size or spec.batch_size
             if spec.retain_neighbours and neighbours:
@@ -151,7 +160,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 loss = loss + spec.retain_weight * retain_kl(model, r_ids, r_mask, ref_logits)
             else:
                 loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
-        held = [forget[i][0] for g, ix in enumerate(kept_index) if g not in revived for i in ix]
+        held = [forget[i][0] for g, ix in enumerate(kept_index) if g not in revived and g not in sunk for i in ix]
         if held:
             k_ids, k_mask, _ = pad(sample(rng, held, spec.batch_size), pad_id)
             with torch.no_grad(), model.disable_adapter():
@@ -167,15 +176,17 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             history.append({"step": step, "loss": round(value, 4), **{k: round(v, 4) for k, v in measured.items()}})
             if progress:
                 progress({"step": step, "max_steps": spec.max_steps, "loss": value, **measured})
-            revived = list(stop.last_revived)
+            revived, sunk = list(stop.last_revived), list(stop.last_sunk)
             if spec.gate:
                 keep_qa = measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin
                 keep_text = measured["mia_auc"] > 0.5 + stop.mia_margin
                 pull_back = measured["mia_auc"] < 0.5 - stop.mia_margin
-                # with the new request done, only earlier ones drifting back are pushed; while the retain
+                # with the new request done, only earlier ones out of the band are moved; while the retain
                 # sample is short, nothing is (the retain term repairs)
-                own_active = sorted((groups["qa"] if keep_qa else []) + (groups["text"] if keep_text else []))
-                active = own_active or ([] if revived or stop.retain_short(measured) else active)
+                # of the answers, only those still given: the ones already gone would dilute the push on the last
+                qa_left = [i for i, answered in zip(groups["qa"], stop.last_answered) if answered] or groups["qa"]
+                own_active = sorted((qa_left if keep_qa else []) + (groups["text"] if keep_text else []))
+                active = own_active or ([] if revived or sunk or stop.retain_short(measured) else active)
             if spec.stop == "reference":
                 best.offer(model, measured, stop, step)
                 if stop.satisfied(measured):
