@@ -35,9 +35,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # write lock up front, so two writers never deadlock upgrading a shared lock.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        _switch_to_wal(cur)
+        cur.execute("PRAGMA foreign_keys=ON")
         # Shredded keys must not linger in free pages of the file.
         cur.execute("PRAGMA secure_delete=ON")
         cur.close()
@@ -45,6 +45,25 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _switch_to_wal(cur, wait_seconds: float = 30.0) -> None:
+    """WAL is a property of the file, so only a new file needs switching. Several processes opening the same
+    new file at once contend for the switch, and SQLite answers the losers "database is locked" at once,
+    without waiting on busy_timeout: retry until the winner is done."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -35,9 +35,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 SMALL = digits.DigitsConfig(hidden_size=32, num_heads=2, intermediate_size=64, epochs=15, lr=3e-3)
 FORGET = 3
-# A longer warm-up than the default recipe's: on this narrow model the lasso needs about 80 steps to push
-# an unneeded block below the pruning threshold (stop ≥ 2 × warm-up).
-GS_OVERRIDES = {"warmup_steps": 40}
+# A longer warm-up and a stronger lasso than the default recipe's, so that this narrow model reliably has a
+# block to drop: with {warmup 40, α 0.1} the smallest block ended at 0.15 of the largest on one machine and
+# dropping it broke the calibration check (nothing pruned), and training seeds 1 and 2 pruned nothing either;
+# with these, seeds 0-3 each end with a block at ≤ 0.02 of the largest (the sparsity phase runs as long as
+# the warm-up: stop ≥ 2 × warm-up).
+GS_OVERRIDES = {"warmup_steps": 60, "group_alpha": 0.3}
 CLASS_REMOVAL = {"forget_acc_max": 0.05, "retain_acc_min_ratio": 0.95}
 
 
