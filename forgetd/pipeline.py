@@ -153,6 +153,16 @@ def schedule(ctx, *, now) -> list[str]:
 # --- stage 2: train --------------------------------------------------------------------------------
 
 
+def _adapters_already_trained(s, request_ids: list[int]) -> int:
+    """The most adapters any of these requests already had trained for it (each one refused, or the request
+    would not be training again)."""
+    counts = s.execute(
+        select(func.count(AdapterRequest.adapter_id)).where(AdapterRequest.request_id.in_(request_ids))
+        .group_by(AdapterRequest.request_id)
+    ).scalars().all()
+    return max(counts, default=0)
+
+
 def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = None, resume: bool = False) -> str | None:
     """Train one adapter that forgets a batch of one model's scheduled requests (same recipe), against
     the served checkpoint; returns the adapter sha256. With `resume`, requests already `training` are
@@ -175,6 +185,7 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
             raise ValueError("one adapter forgets requests of one model only")
         recipe_names = {_policy(ctx, r.policy).recipes.get(model.family) for r in requests}
         against = serving.served_checkpoint(s, model)
+        earlier_adapters = _adapters_already_trained(s, [r.id for r in requests])
         for request in requests:
             if request.status is St.scheduled:
                 lifecycle.move(s, request, St.training, actor="system:trainer", now=now_fn(), policy=None,
@@ -185,6 +196,12 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         if len(recipe_names) != 1:
             raise DomainError("requests trained together must share a recipe", field="recipes")
         recipe = get_recipe(ctx.settings.adapters_dir, recipe_names.pop())
+        if earlier_adapters:
+            # Retried by an operator after its adapter was refused: the same seed against the same checkpoint
+            # would rebuild the same refused adapter byte for byte. A job retried after a crash has stored no
+            # adapter yet, so it keeps its seed and stores the same bytes.
+            recipe = recipe.model_copy(update={"train": recipe.train.model_copy(
+                update={"seed": recipe.train.seed + earlier_adapters})})
         if not recipe.composable:
             raise DomainError(f"recipe {recipe.name} does not produce an adapter and cannot be composed", field="recipe")
         family = family_module(model.family)

@@ -231,6 +231,9 @@ _with_reason(
 def retry(ctx, request_id, step, as_json) -> None:
     """Put a failed request back into the pipeline; the next tick or the service picks it up.
 
+    From `train` after an adapter of the request was refused, the new adapter is trained with the recipe's
+    seed plus the number of adapters already trained for it (the same seed would rebuild the refused one).
+
     Example: forgetd request retry rq_abcdefghijklmnop --from train
     """
     from forgetd import api

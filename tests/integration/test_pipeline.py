@@ -160,6 +160,27 @@ def test_a_candidate_failing_verification_is_never_promoted(pipe):
     assert [c["version"] for c in served] == [0]
 
 
+def test_an_operator_retry_from_training_trains_a_new_adapter_with_the_next_seed(pipe):
+    """Against the same checkpoint, the same seed would rebuild the refused adapter byte for byte."""
+    from forgetd.db.models import Adapter, AdapterRequest, Request
+
+    ctx, people = pipe
+    public_id = _submit(ctx, people[0], policy="strict")
+    seeds = []
+    for attempt in range(2):
+        if attempt:
+            assert api.request_retry(ctx, public_id, "train")["status"] == "scheduled"
+        api.tick(ctx)
+        assert api.request_show(ctx, public_id)["status"] == "failed"
+        with ctx.session() as s:
+            request_id = s.execute(select(Request.id).where(Request.public_id == public_id)).scalar_one()
+            shas = s.execute(select(Adapter.sha256).join(AdapterRequest, AdapterRequest.adapter_id == Adapter.id)
+                             .where(AdapterRequest.request_id == request_id).order_by(Adapter.id)).scalars().all()
+        meta = json.loads((ctx.store.open_dir("adapter", shas[-1]) / "forgetd_adapter.json").read_text())
+        seeds.append(meta["recipe_spec"]["train"]["seed"])
+    assert len(shas) == len(set(shas)) == 2 and seeds == [0, 1]
+
+
 def test_rollback_that_would_resurrect_data_is_refused(pipe):
     ctx, people = pipe
     first = _submit(ctx, people[0])
