@@ -124,6 +124,7 @@ class StopCheck:
     kept: Sequence[tuple[Sequence[str], Sequence[tuple[str, str]]]] = ()
     last_revived: list[int] = field(default_factory=list)
     last_sunk: list[int] = field(default_factory=list)
+    kept_mia_margin: float | None = None  # the band `kept` requests are held to; None: mia_margin
     # which of the new request's QA pairs the model still answers, as of the last measurement
     last_answered: list[bool] = field(default_factory=list)
     # retain QA sample and the accuracy on it below which stopping waits (the recipe repairs meanwhile);
@@ -169,11 +170,11 @@ class StopCheck:
                 ))
             self.last_revived = [
                 i for i, (qa_acc, mia) in enumerate(verdicts[1:])
-                if qa_acc > self.reference_qa_acc + self.qa_margin or mia > 0.5 + self.mia_margin
+                if qa_acc > self.reference_qa_acc + self.qa_margin or mia > 0.5 + self._kept_margin
             ]
             self.last_sunk = [
                 i for i, (_, mia) in enumerate(verdicts[1:])
-                if mia < 0.5 - self.mia_margin and i not in self.last_revived
+                if mia < 0.5 - self._kept_margin and i not in self.last_revived
             ]
             measured = {"forget_qa_acc": verdicts[0][0], "mia_auc": verdicts[0][1]}
             if reused:
@@ -187,6 +188,10 @@ class StopCheck:
             return measured
         finally:
             model.train(was_training)
+
+    @property
+    def _kept_margin(self) -> float:
+        return self.mia_margin if self.kept_mia_margin is None else self.kept_mia_margin
 
     def forgotten_enough(self, measured: dict[str, float]) -> bool:
         return (

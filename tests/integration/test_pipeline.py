@@ -271,6 +271,27 @@ def test_stop_check_judges_an_earlier_request_like_the_new_one(tiny_lm):
     assert measured["kept_revived"] == 1.0 and not stop.satisfied(measured)
 
 
+def test_earlier_requests_can_be_held_to_a_narrower_band_than_the_new_one(tiny_lm):
+    from forgetd.datasets import load_dataset_file
+    from forgetd.families import causal_lm
+    from forgetd.training.common import StopCheck
+    from forgetd.verify.causal_lm import auc, min_k_scores
+
+    model_dir, dataset, people = tiny_lm
+    model, tokenizer = causal_lm.load_model(model_dir).eval(), causal_lm.load_tokenizer(model_dir)
+    data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}]).calibration_half()
+    # a held group between a known person and the reference: its AUC lies strictly between 0.5 and 1
+    held = data.reference_texts[: len(data.forget_texts)] + data.forget_texts
+    deviation = abs(auc(min_k_scores(model, tokenizer, held), min_k_scores(model, tokenizer, data.reference_texts)) - 0.5)
+    assert 0.05 < deviation < 0.45
+    common = dict(forget_qa=[], forget_texts=data.forget_texts, reference_qa=[], reference_texts=data.reference_texts,
+                  qa_margin=1.0, mia_margin=deviation + 0.02, reference_qa_acc=0.0, kept=[(held, [])])
+    wide, narrow = StopCheck(**common), StopCheck(**common, kept_mia_margin=deviation - 0.02)
+    for stop in (wide, narrow):
+        stop.measure(model, tokenizer)
+    assert wide.last_revived + wide.last_sunk == [] and narrow.last_revived + narrow.last_sunk == [0]
+
+
 def test_the_demo_table_reads_the_recorded_verification_and_measures_what_it_lacks(pipe):
     from forgetd.demo import llm as llm_demo
 

@@ -112,6 +112,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         retain_qa=retain_sample,
         retain_floor=retain_floor,
         reuse_reference_above=spec.stop_reference_reuse_above,
+        kept_mia_margin=spec.stop_kept_mia_margin,
     )
     own = range(len(forget) - sum(len(ix) for ix in kept_index))
     groups = {"text": [i for i in own if forget[i][1] == 1], "qa": [i for i in own if forget[i][1] != 1]}
