@@ -275,15 +275,15 @@ def _markdown(result: dict) -> str:
             lines[-3:-3] = ["Rows 'retry of N': after the last request, each refused request retried once from training",
                             "(`forgetd request retry ID --from train`, what an operator does), against the checkpoint",
                             "served by then; their last column covers all the people."]
-        for s in [*seq["steps"], *seq.get("retries", [])]:
+        rows = [*seq["steps"], *seq.get("retries", [])]
+        for s in rows:
             lines.append(f"| {s['request']} | {s['status']} | {s.get('steps') or '-'} | v{s['served_version']} "
                          f"| {s['retain_ratio']:.3f} | {s.get('completed', '-')} "
                          f"| {s.get('max_completed_forget_qa', float('nan')):.3f} | {s['max_earlier_forget_qa']:.3f} |")
-        last = [*seq["steps"], *seq.get("retries", [])][-1]
-        done = [p for p, auc in last["mia_auc_by_person"].items() if last["forget_qa_by_person"][p] == 0.0]
-        if done:
-            aucs = [last["mia_auc_by_person"][p] for p in done]
-            lines += ["", f"Min-K% MIA AUC of the last served checkpoint (v{last['served_version']}) on the {len(done)} "
+        last = rows[-1]
+        aucs = [auc for p, auc in last["mia_auc_by_person"].items() if last["forget_qa_by_person"][p] == 0.0]
+        if aucs:
+            lines += ["", f"Min-K% MIA AUC of the last served checkpoint (v{last['served_version']}) on the {len(aucs)} "
                       f"people it answers nothing about, verification half: {min(aucs):.2f} to {max(aucs):.2f} "
                       "(policy bound: within 0.10 of 0.5)."]
     return "\n".join(lines) + "\n"

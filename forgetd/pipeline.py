@@ -195,13 +195,13 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
             raise DomainError(f"a request's policy names no recipe for family {model.family}", field="recipes")
         if len(recipe_names) != 1:
             raise DomainError("requests trained together must share a recipe", field="recipes")
-        recipe = get_recipe(ctx.settings.adapters_dir, recipe_names.pop())
+        recipe_name = recipe_names.pop()
+        recipe = get_recipe(ctx.settings.adapters_dir, recipe_name)
         if earlier_adapters:
             # Retried by an operator after its adapter was refused: the same seed against the same checkpoint
             # would rebuild the same refused adapter byte for byte. A job retried after a crash has stored no
             # adapter yet, so it keeps its seed and stores the same bytes.
-            recipe = recipe.model_copy(update={"train": recipe.train.model_copy(
-                update={"seed": recipe.train.seed + earlier_adapters})})
+            recipe = get_recipe(ctx.settings.adapters_dir, recipe_name, seed=recipe.train.seed + earlier_adapters)
         if not recipe.composable:
             raise DomainError(f"recipe {recipe.name} does not produce an adapter and cannot be composed", field="recipe")
         family = family_module(model.family)

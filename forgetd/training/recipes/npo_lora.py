@@ -137,13 +137,12 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             nll = sequence_nll(model, ids, mask, labels)
             ref = torch.tensor([ref_nll[i] for i in index])
             loss = loss - (2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
-        if pull_back and groups["text"]:
-            t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, groups["text"], spec.batch_size)], pad_id)
-            loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+        # the pull-back step, one batch each for the request's own texts and for earlier requests' sunk ones
         sunk_texts = [i for g in sunk for i in kept_index[g] if forget[i][1] == 1]
-        if sunk_texts:
-            s_ids, s_mask, s_labels = pad([forget[i] for i in sample(rng, sunk_texts, spec.batch_size)], pad_id)
-            loss = loss + spec.pull_back_weight * model(input_ids=s_ids, attention_mask=s_mask, labels=s_labels).loss
+        for below in (groups["text"] if pull_back else [], sunk_texts):
+            if below:
+                t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, below, spec.batch_size)], pad_id)
+                loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
         if retain and spec.retain_weight > 0:
             size = spec.retain_batch_size or spec.batch_size
             if spec.retain_neighbours and neighbours:
