@@ -1,6 +1,6 @@
 """How far apart two retrainings are: the gold standard's own spread on the Min-K% MIA AUC.
 
-    .venv/bin/python bench/llm_retrain_noise.py [--seeds 3] [--people 20] [--first 5] [--threads 2]
+    .venv/bin/python bench/llm_retrain_noise.py [--seeds 3] [--people 20] [--first 5] [--folds 4] [--threads 2]
 
 The forgetting bench (bench/llm_forgetting.py) compares npo-lora's MIA AUC with that of one model
 retrained without the forget candidates, on the mean over the first `--first` people. Here the same
@@ -10,13 +10,20 @@ of the reference set). Reported: every retraining's mean over the first `--first
 `--people`, the pairwise differences of those means, the per-person spread across retrainings, and
 per-person correlations. Also measured: a name-swap estimate of the retrained AUC that needs no
 retraining (the person's texts with their name and e-mail replaced by holdout people's, scored by the
-original model), and how well it predicts each retraining's per-person AUC.
+original model), and how well it predicts each retraining's per-person AUC. And an estimate that costs
+retraining once per model instead of once per request: `--folds` reference models, each trained without
+one fold of the trained people (fold = sha256 of the person's id modulo `--folds`, training seed 0), so
+that every person is unseen by exactly one of them; a person's estimate is their AUC under that one.
+Then npo-lora forgets each of the first `--first` people (seed i forgets person i, as in the forgetting
+bench) twice: as shipped (stopping band around 0.5) and with the band centred on the person's estimate
+instead (the recipe's StopCheck, shifted here; verification in the pipeline would still judge 0.5).
 Writes bench/results/llm_retrain_noise.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -63,6 +70,81 @@ def _name_swap_estimates(model, tokenizer, corpus, people, forget: list) -> list
     return out
 
 
+def _fold(person_id: str, folds: int) -> int:
+    return int(hashlib.sha256(person_id.encode()).hexdigest(), 16) % folds
+
+
+def _fold_estimates(cfg, corpus, people, forget: list, tokenizer, folds: int, work: Path, threads: int):
+    """Each person's AUC (calibration half) under the reference model that did not see them; and the seconds
+    each reference model took to train."""
+    import torch
+
+    from forgetd.demo.tiny_lm import train_tiny_lm
+    from forgetd.families import causal_lm
+    from forgetd.verify.causal_lm import mia_auc
+
+    estimate: list[float | None] = [None] * len(people)
+    seconds = []
+    for k in range(folds):
+        left_out = tuple(p.id for p in corpus.trained if _fold(p.id, folds) == k)
+        started = time.perf_counter()
+        train_tiny_lm(replace(cfg, exclude_ids=left_out), work / f"fold-{k}", threads=threads)
+        seconds.append(time.perf_counter() - started)
+        with torch.no_grad():
+            model = causal_lm.load_model(work / f"fold-{k}").eval()
+            for i, (person, data) in enumerate(zip(people, forget)):
+                if _fold(person.id, folds) == k:
+                    estimate[i] = mia_auc(model, tokenizer, data.forget_texts, data.calibration_half().reference_texts)
+        print(f"[reference model {k}] {len(left_out)} people left out, {seconds[-1]:.1f}s", flush=True)
+    return estimate, seconds
+
+
+def _centred_stop_check(centre: float):
+    """npo-lora's StopCheck, judging the new request's AUC against `centre` instead of 0.5."""
+    from forgetd.training.common import StopCheck
+
+    class CentredStopCheck(StopCheck):
+        def measure(self, model, tokenizer):
+            measured = super().measure(model, tokenizer)
+            measured["mia_auc"] -= centre - 0.5
+            return measured
+
+    return CentredStopCheck
+
+
+def _npo_runs(original: Path, tokenizer, people, forget: list, estimate: list[float]) -> dict[str, list[dict]]:
+    """npo-lora on each person (seed i forgets person i), as shipped and centred on the estimate; metrics on
+    the verification half, as in bench/llm_forgetting.py."""
+    from llm_forgetting import _train_and_measure  # this script's directory is on sys.path
+
+    from forgetd.training.recipes import npo_lora
+
+    shipped = npo_lora.StopCheck
+    runs: dict[str, list[dict]] = {"as shipped": [], "centred on the estimate": []}
+    for seed, (person, data, centre) in enumerate(zip(people, forget, estimate)):
+        for name in runs:
+            npo_lora.StopCheck = shipped if name == "as shipped" else _centred_stop_check(centre)
+            try:
+                measured, seconds, result = _train_and_measure(
+                    "npo-lora", seed, original, tokenizer, data, data.verification_half()
+                )
+            finally:
+                npo_lora.StopCheck = shipped
+            runs[name].append({"person": person.id, **measured, "seconds": seconds, "steps": result["steps"]})
+            print(f"[npo-lora {name}, seed {seed} {person.id}] AUC {measured['mia_auc']:.3f} "
+                  f"forget QA {measured['forget_qa_acc']:.2f} retain QA {measured['retain_qa_acc']:.3f}", flush=True)
+    return runs
+
+
+def _estimate_summary(estimate: list[float], per_seed: dict[str, list[float]], first: int) -> dict:
+    return {
+        "corr": {s: _corr(estimate, v) for s, v in per_seed.items()},
+        "mean_abs_err": {s: statistics.mean(abs(e - x) for e, x in zip(estimate, v)) for s, v in per_seed.items()},
+        "mean_first": statistics.mean(estimate[:first]),
+        "abs_diff_first": {s: abs(statistics.mean(estimate[:first]) - statistics.mean(v[:first])) for s, v in per_seed.items()},
+    }
+
+
 def _corr(a: list[float], b: list[float]) -> float:
     return statistics.correlation(a, b) if len(a) > 1 else float("nan")
 
@@ -80,6 +162,9 @@ def _summary(per_seed: dict[str, list[float]], estimate: list[float], first: int
         "pairwise_abs_diff_all": {f"{a}-{b}": abs(means_all[a] - means_all[b]) for a, b in pairs},
         "per_person_sd_mean": statistics.mean(per_person_sd),
         "per_person_corr": {f"{a}-{b}": _corr(per_seed[a], per_seed[b]) for a, b in pairs},
+        "per_person_abs_diff": {
+            f"{a}-{b}": statistics.mean(abs(x - y) for x, y in zip(per_seed[a], per_seed[b])) for a, b in pairs
+        },
         "name_swap_corr": {s: _corr(estimate, per_seed[s]) for s in seeds},
         "name_swap_mean_abs_err": {s: statistics.mean(abs(e - v) for e, v in zip(estimate, per_seed[s])) for s in seeds},
         "constant_half_mean_abs_err": {s: statistics.mean(abs(0.5 - v) for v in per_seed[s]) for s in seeds},
@@ -111,6 +196,8 @@ def _markdown(result: dict) -> str:
         f"- |difference of the all-{len(people)} means|: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["pairwise_abs_diff_all"].items()),
         f"- per-person standard deviation across retrainings, averaged over people: {s['per_person_sd_mean']:.3f}",
+        "- per-person mean absolute difference between retrainings: "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in s["per_person_abs_diff"].items()),
         "- per-person correlation between retrainings: "
         + ", ".join(f"{k}: {v:.2f}" for k, v in s["per_person_corr"].items()),
         "",
@@ -125,12 +212,50 @@ def _markdown(result: dict) -> str:
         + "; predicting 0.5 for everyone: "
         + ", ".join(f"seed {k}: {v:.3f}" for k, v in s["constant_half_mean_abs_err"].items()),
         "",
-        "| person | " + " | ".join(f"retrained, seed {k}" for k in seeds) + " | name-swap estimate |",
-        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    folds = result.get("folds")
+    if folds:
+        f = folds["summary"]
+        lines += [
+            f"## An estimate from {folds['folds']} reference models (retraining once per model, not per request)",
+            "",
+            f"{folds['folds']} models, each trained (seed 0) without one fold of the {result['trained_people']} trained "
+            "people (fold: sha256 of the id modulo "
+            f"{folds['folds']}; {', '.join(str(n) for n in folds['left_out'])} people left out; "
+            f"{', '.join(f'{t:.0f}' for t in folds['seconds'])} s, {sum(folds['seconds']):.0f} s in all). A person's "
+            "estimate is their AUC, against the calibration half, under the one model that did not see them.",
+            "",
+            "- correlation with each retraining's per-person AUC: "
+            + ", ".join(f"seed {k}: {v:.2f}" for k, v in f["corr"].items()),
+            "- mean absolute error: " + ", ".join(f"seed {k}: {v:.3f}" for k, v in f["mean_abs_err"].items()),
+            f"- mean over the first {first} people: {f['mean_first']:.3f}; |difference| from each retraining's: "
+            + ", ".join(f"seed {k}: {v:.3f}" for k, v in f["abs_diff_first"].items()),
+            "",
+            f"npo-lora forgetting each of the first {first} people (seed i forgets person i; verification half), with "
+            "its stopping band around 0.5 as shipped, and centred on the person's reference-model estimate:",
+            "",
+            "| npo-lora | MIA AUC: mean (per person) | forget QA | retain QA | distance from each retraining's mean |",
+            "|---|---|---|---|---|",
+        ]
+        for name, rows in folds["npo_lora"].items():
+            aucs = [r["mia_auc"] for r in rows]
+            diffs = ", ".join(f"seed {k}: {v:.3f}" for k, v in folds["npo_lora_abs_diff_first"][name].items())
+            lines.append(
+                f"| {name} | {statistics.mean(aucs):.3f} ({', '.join(f'{a:.2f}' for a in aucs)}) | "
+                f"{statistics.mean(r['forget_qa_acc'] for r in rows):.3f} | "
+                f"{statistics.mean(r['retain_qa_acc'] for r in rows):.3f} | {diffs} |"
+            )
+        lines.append("")
+    columns = ["name-swap estimate"] + (["reference-model estimate"] if folds else [])
+    lines += [
+        "| person | " + " | ".join(f"retrained, seed {k}" for k in seeds) + " | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * (len(seeds) + len(columns)),
     ]
     for i, person in enumerate(people):
-        values = " | ".join(f"{result['per_seed'][str(k)][i]:.3f}" for k in seeds)
-        lines.append(f"| {person} | {values} | {result['name_swap'][i]:.3f} |")
+        values = [f"{result['per_seed'][str(k)][i]:.3f}" for k in seeds] + [f"{result['name_swap'][i]:.3f}"]
+        if folds:
+            values.append(f"{folds['estimate'][i]:.3f}")
+        lines.append(f"| {person} | {' | '.join(values)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,12 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="retrainings, training seeds 0..N-1")
     ap.add_argument("--people", type=int, default=20, help="forget candidates measured")
     ap.add_argument("--first", type=int, default=5, help="the forgetting bench's number of people")
+    ap.add_argument("--folds", type=int, default=4, help="reference models for the fold estimate (0: skip it)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="model cache (default: FORGETD_CACHE_DIR or ~/.cache/forgetd)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
-    if args.seeds < 2 or args.people < args.first or args.first < 1:
-        ap.error("need --seeds ≥ 2 and 1 ≤ --first ≤ --people")
+    if args.seeds < 2 or args.people < args.first or args.first < 1 or args.folds == 1 or args.folds < 0:
+        ap.error("need --seeds ≥ 2, 1 ≤ --first ≤ --people, and --folds 0 or ≥ 2")
 
     import platform
 
@@ -180,17 +306,38 @@ def main(argv: list[str] | None = None) -> int:
                 per_seed[str(seed)] = _per_person_auc(model, tokenizer, forget)
             print(f"[retrained seed {seed}] {seconds[-1]:.1f}s  first {args.first}: "
                   f"{statistics.mean(per_seed[str(seed)][: args.first]):.3f}", flush=True)
+        folds = None
+        if args.folds:
+            fold_estimate, fold_seconds = _fold_estimates(
+                cfg, corpus, people, forget, tokenizer, args.folds, work, args.threads
+            )
+            npo = _npo_runs(original, tokenizer, people[: args.first], forget, fold_estimate)
+            folds = {
+                "npo_lora": npo,
+                "npo_lora_abs_diff_first": {
+                    name: {s: abs(statistics.mean(r["mia_auc"] for r in rows) - statistics.mean(v[: args.first]))
+                           for s, v in per_seed.items()}
+                    for name, rows in npo.items()
+                },
+                "folds": args.folds,
+                "left_out": [sum(_fold(p.id, args.folds) == k for p in corpus.trained) for k in range(args.folds)],
+                "seconds": fold_seconds,
+                "estimate": fold_estimate,
+                "summary": _estimate_summary(fold_estimate, per_seed, args.first),
+            }
     result = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "threads": args.threads,
         "forget_candidates": len(forget_set),
+        "trained_people": len(corpus.trained),
         "first": args.first,
         "people": [p.id for p in people],
         "retrain_seconds": seconds,
         "per_seed": per_seed,
         "name_swap": estimate,
         "summary": _summary(per_seed, estimate, args.first),
+        "folds": folds,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "llm_retrain_noise.json").write_text(json.dumps(result, indent=2) + "\n")
