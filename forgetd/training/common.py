@@ -47,9 +47,10 @@ def encode_forget(tokenizer, data, max_len: int = 256) -> list[tuple[list[int], 
     return items
 
 
-def pad(seqs: Sequence[Sequence[int] | tuple[Sequence[int], int]], pad_id: int):
-    """Right-padded ids, attention mask and labels (-100 on padding and before each scored start).
-    Items are token lists, or (tokens, first scored index) pairs from `encode_forget`."""
+def pad(seqs: Sequence[Sequence[int] | tuple[Sequence[int], int]], pad_id: int, device=None):
+    """Right-padded ids, attention mask and labels (-100 on padding and before each scored start), on
+    `device` (default: the CPU). Items are token lists, or (tokens, first scored index) pairs from
+    `encode_forget`."""
     import torch
 
     pairs = [(s, 0) if not isinstance(s, tuple) else s for s in seqs]
@@ -61,6 +62,8 @@ def pad(seqs: Sequence[Sequence[int] | tuple[Sequence[int], int]], pad_id: int):
         ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
         mask[i, : len(s)] = 1
         labels[i, start : len(s)] = ids[i, start : len(s)]
+    if device is not None:
+        return ids.to(device), mask.to(device), labels.to(device)
     return ids, mask, labels
 
 

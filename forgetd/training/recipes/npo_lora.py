@@ -72,6 +72,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     rng = seed_everything(spec.seed)
     started = time.perf_counter()
     model = get_peft_model(model, lora_config(model, recipe.adapter))
+    device = next(model.parameters()).device  # batches go where the model is (a GPU worker's, or the CPU)
     forget = encode_forget(tokenizer, data)
     retain = encode(tokenizer, data.retain_documents())
     forget_answers = {answer for _, answer in data.forget_qa}
@@ -87,7 +88,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
 
     with torch.no_grad(), model.disable_adapter():
         model.eval()
-        ref_nll = {i: float(v) for i, v in enumerate(sequence_nll(model, *pad(forget, pad_id)))}
+        ref_nll = {i: float(v) for i, v in enumerate(sequence_nll(model, *pad(forget, pad_id, device)))}
     retain_sample, retain_floor = [], 0.0
     if spec.stop_retain_ratio > 0 and data.retain_qa:
         picker = random.Random(f"retain-sample-{spec.seed}")  # apart from `rng`: the training draws stay as they were
@@ -130,18 +131,18 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     step = 0
     for step in range(1, spec.max_steps + 1):
         pushed = active + [i for g in revived for i in kept_index[g]]
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=device)
         if pushed:
             index = rng.sample(pushed, min(spec.batch_size, len(pushed)))
-            ids, mask, labels = pad([forget[i] for i in index], pad_id)
+            ids, mask, labels = pad([forget[i] for i in index], pad_id, device)
             nll = sequence_nll(model, ids, mask, labels)
-            ref = torch.tensor([ref_nll[i] for i in index])
+            ref = torch.tensor([ref_nll[i] for i in index], device=device)
             loss = loss - (2.0 / spec.beta) * torch.nn.functional.logsigmoid(spec.beta * (nll - ref)).mean()
         # the pull-back step, one batch each for the request's own texts and for earlier requests' sunk ones
         sunk_texts = [i for g in sunk for i in kept_index[g] if forget[i][1] == 1]
         for below in (groups["text"] if pull_back else [], sunk_texts):
             if below:
-                t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, below, spec.batch_size)], pad_id)
+                t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, below, spec.batch_size)], pad_id, device)
                 loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
         if retain and spec.retain_weight > 0:
             size = spec.retain_batch_size or spec.batch_size
@@ -149,7 +150,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 batch = sample(rng, neighbours, size // 2) + sample(rng, retain, size - min(size // 2, len(neighbours)))
             else:
                 batch = sample(rng, retain, size)
-            r_ids, r_mask, r_labels = pad(batch, pad_id)
+            r_ids, r_mask, r_labels = pad(batch, pad_id, device)
             if spec.retain_loss == "kl":
                 with torch.no_grad():
                     if anchor is not None:
@@ -162,7 +163,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
         held = [forget[i][0] for g, ix in enumerate(kept_index) if g not in revived and g not in sunk for i in ix]
         if held:
-            k_ids, k_mask, _ = pad(sample(rng, held, spec.batch_size), pad_id)
+            k_ids, k_mask, _ = pad(sample(rng, held, spec.batch_size), pad_id, device)
             with torch.no_grad(), model.disable_adapter():
                 k_logits = model(input_ids=k_ids, attention_mask=k_mask).logits
             loss = loss + spec.keep_forgotten_weight * retain_kl(model, k_ids, k_mask, k_logits)

@@ -1,0 +1,201 @@
+"""npo-lora on a ~1B-parameter Llama-shaped model: seconds per 100 adapter steps and peak GPU memory.
+
+    .venv/bin/python bench/llm_gpu.py [--size 1b] [--device cuda] [--dtype bfloat16] [--steps 100] [--warmup 10]
+
+The model is built from a config (Llama-3.2-1B's shape with a 32000-token vocabulary; random weights,
+no download), cast to --dtype on --device. Its data is the demo corpus's (one person's texts and QA to
+forget, the other trained people's as retain data, the holdout as reference), tokenized with the demo's
+offline BPE tokenizer: ids below 1500 of the model's 32000, sequences of 20-70 tokens. The npo-lora recipe
+runs as shipped (LoRA r=8 on the MLP projections, 16 forget sequences and 32 retain sequences with the KL
+term per step) with two overrides: it never stops early (`stop: fixed`; a random model's forget set
+already looks like the reference set) and it evaluates only at its last step. After one discarded run
+(the process's first CUDA kernels, allocator growth), it runs twice, each on a freshly built model: for
+--warmup steps and for --warmup + --steps steps. The difference of the two wall-clock times is the time
+of --steps steps, without building the model, set-up, the one evaluation each run ends with, or saving
+the adapter. Peak memory is torch.cuda.max_memory_allocated over
+the longer run (on a CUDA device).
+`--size tiny --device cpu` runs the same code on a 2-layer model in seconds (tests/unit/test_llm_gpu_bench.py).
+Writes llm_gpu.json and llm_gpu.md under --out (default bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+
+SIZES = {
+    # Llama-3.2-1B's layout (hidden 2048, 16 layers, 32 heads over 8 KV heads, MLP 8192), untied 32000 vocab
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=32000),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=2048),
+}
+
+
+def _build(size: str, tokenizer, device: str, dtype: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        **SIZES[size],
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.to(getattr(torch, dtype)).eval(), config
+
+
+def _data():
+    """(tokenizer, one forget candidate's ForgetData) from the demo corpus; no model is trained."""
+    from forgetd.datasets import load_dataset_file
+    from forgetd.demo.llm_dataset import write_corpus_dataset
+    from forgetd.demo.people import generate_corpus
+    from forgetd.demo.tiny_lm import build_tokenizer
+    from forgetd.families import causal_lm
+
+    corpus = generate_corpus()
+    tokenizer = build_tokenizer(corpus)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = load_dataset_file(write_corpus_dataset(corpus, Path(tmp) / "dataset.json"))
+    return tokenizer, causal_lm.forget_data(dataset, [{"corpus_ids": [corpus.forget_candidates[0].id]}])
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _run(size: str, device: str, dtype: str, steps: int, tokenizer, data) -> dict:
+    """One npo-lora run of exactly `steps` steps on a freshly built model."""
+    import torch
+
+    from forgetd.training.registry import get_recipe
+
+    model, config = _build(size, tokenizer, device, dtype)
+    recipe = get_recipe(ROOT / "adapters", "npo-lora", max_steps=steps, eval_every=steps, stop="fixed")
+    cuda = device.startswith("cuda")
+    if cuda:
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats()
+    weights_bytes = torch.cuda.memory_allocated() if cuda else None
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = recipe.module().train(recipe, model=model, tokenizer=tokenizer, data=data, out_dir=Path(tmp) / "out")
+        _sync(device)
+        seconds = time.perf_counter() - started
+        adapter_bytes = sum(f.stat().st_size for f in (Path(tmp) / "out").iterdir())
+    if result["steps"] != steps:
+        raise RuntimeError(f"npo-lora ran {result['steps']} steps, not {steps}")
+    return {
+        "seconds": seconds,
+        "steps": result["steps"],
+        "trainable_params": result["trainable_params"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "config": {k: getattr(config, k) for k in SIZES[size]},
+        "weights_bytes": weights_bytes,
+        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "adapter_bytes": adapter_bytes,
+        "loss_finite": all(h.get("loss") is not None and h["loss"] == h["loss"] for h in result["history"]),
+    }
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.1f}M"
+
+
+def _markdown(r: dict) -> str:
+    gib = 1024**3
+    peak = f"{r['peak_bytes'] / gib:.2f} GiB" if r["peak_bytes"] is not None else "not measured (not a CUDA device)"
+    weights = f"{r['weights_bytes'] / gib:.2f} GiB" if r["weights_bytes"] is not None else "-"
+    return "\n".join([
+        f"# npo-lora on a {_count(r['params'])}-parameter Llama-shaped model ({r['size']})",
+        "",
+        f"Measured {r['measured_at']} on {r['machine']}; torch {r['torch']}, {r['dtype']}, random weights from "
+        f"config {r['config']}. npo-lora as shipped (adapters/npo-lora.yaml) with stop: fixed and one evaluation "
+        f"at the last step; {r['trainable_params']:,} trainable LoRA parameters.",
+        "",
+        "| | value |",
+        "|---|---|",
+        f"| seconds per 100 adapter steps | {r['seconds_per_100_steps']:.2f} |",
+        f"| peak GPU memory | {peak} |",
+        f"| model weights on the device | {weights} |",
+        f"| adapter on disk | {r['adapter_bytes'] / 1024:.0f} KiB |",
+        "",
+        f"Runs of {r['warmup']} and {r['warmup'] + r['steps']} steps took {r['runs'][0]['seconds']:.2f} s and "
+        f"{r['runs'][1]['seconds']:.2f} s; the difference is {r['steps']} steps.",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="1b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1:
+        ap.error("--steps and --warmup must be ≥ 1")
+
+    import platform
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here (use --device cpu for a smoke test)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from forgetd.families.causal_lm import quiet_transformers
+
+    quiet_transformers()
+    tokenizer, data = _data()
+    _run(args.size, args.device, args.dtype, args.warmup, tokenizer, data)  # discarded: first use of the device
+    runs = [_run(args.size, args.device, args.dtype, n, tokenizer, data) for n in (args.warmup, args.warmup + args.steps)]
+    if not all(r["loss_finite"] for r in runs):
+        raise RuntimeError("a loss was not finite")
+    long = runs[1]
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} {os.cpu_count()} cores"
+    result = {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine,
+        "torch": torch.__version__,
+        "size": args.size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "params": long["params"],
+        "config": long["config"],
+        "trainable_params": long["trainable_params"],
+        "seconds_per_100_steps": (runs[1]["seconds"] - runs[0]["seconds"]) / args.steps * 100,
+        "peak_bytes": long["peak_bytes"],
+        "weights_bytes": long["weights_bytes"],
+        "adapter_bytes": long["adapter_bytes"],
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "llm_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "llm_gpu.md").write_text(_markdown(result))
+    print(_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
