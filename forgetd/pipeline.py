@@ -32,7 +32,7 @@ from forgetd.db.models import (
     Model,
     Request,
 )
-from forgetd.errors import DomainError, ForgetdError, IntegrityFailure
+from forgetd.errors import ConfigError, DomainError, ForgetdError, IntegrityFailure
 from forgetd.explain.records import erase_for_request as erase_explanations
 from forgetd.lifecycle import RequestStatus as St
 
@@ -173,6 +173,7 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
     from forgetd.families import family_module
     from forgetd.training.registry import get_recipe
 
+    device = training_device(ctx.settings.train_device)  # before any state changes: a misconfigured worker changes nothing
     with ctx.session() as s:
         requests = [_lock_request(s, pid) for pid in public_ids]
         startable = (St.scheduled, St.training) if resume else (St.scheduled,)
@@ -215,6 +216,10 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         extra = {}
         if recipe.train.retain_anchor == "base" and against_ref["version"] != 0:
             extra["anchor"] = _load_base(ctx, model)[0].eval()
+        if model.family == "causal_lm" and device != "cpu":  # its recipes train wherever the model lives
+            loaded = loaded.to(device)
+            if "anchor" in extra:
+                extra["anchor"] = extra["anchor"].to(device)
         staging = Path(tempfile.mkdtemp(prefix="adapter-", dir=ctx.settings.home))
         try:
             out = staging / "adapter"
@@ -311,6 +316,32 @@ def _store_evidence(ctx, payload: dict[str, Any]) -> str:
 def load_evidence(ctx, uri: str) -> dict[str, Any]:
     """What `_store_evidence` stored under `uri` (an evaluation's evidence_uri), re-hashed on the read."""
     return json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
+
+
+def training_device(setting: str) -> str:
+    """The torch device causal-LM adapters train on, from the `train_device` setting; refuses a CUDA device
+    this process cannot see."""
+    if setting == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        if setting == "auto":
+            return "cpu"
+        raise ConfigError(
+            f"{setting} is set but this worker sees no CUDA device (CUDA_VISIBLE_DEVICES, driver); "
+            "set it to cpu or auto, or run the worker where a GPU is visible",
+            field="FORGETD_TRAIN_DEVICE",
+        )
+    if setting == "auto":
+        return "cuda"
+    index = int(setting.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{setting} is set but this worker sees {torch.cuda.device_count()} CUDA device(s)",
+            field="FORGETD_TRAIN_DEVICE",
+        )
+    return setting
 
 
 def _load_base(ctx, model: Model):

@@ -34,11 +34,21 @@ def test_the_daemon_migrates_then_serves_once_postgres_is_healthy():
 
 def test_serve_flags_in_the_compose_file_exist():
     command = " ".join(_compose()["services"]["forgetd"]["command"]).split("exec", 1)[1]
-    argv = shlex.split(command.replace("$${FORGETD_EXECUTOR}", "local"))
+    argv = shlex.split(command.replace("$${FORGETD_EXECUTOR}", "ray").replace("$${FORGETD_GPUS}", "0"))
     assert argv[:2] == ["forgetd", "serve"]
     serve = cli.commands["serve"]
     ctx = serve.make_context("serve", argv[2:])  # raises on an unknown flag or a bad value
-    assert ctx.params["metrics_port"] == 9464
+    assert ctx.params["metrics_port"] == 9464 and ctx.params["executor"] == "ray" and ctx.params["gpus"] == "0"
+
+
+def test_jobs_train_on_a_gpu_where_their_process_sees_one():
+    compose = _compose()
+    for name in ("forgetd", "ray-gpu-worker"):
+        env = compose["services"][name]["environment"]
+        assert env["FORGETD_TRAIN_DEVICE"] == "${FORGETD_TRAIN_DEVICE:-auto}"
+    # an empty --gpus (the default) is accepted: local slots without GPUs, Ray jobs asking for none
+    serve = cli.commands["serve"]
+    assert serve.make_context("serve", ["--executor", "local", "--gpus", ""]).params["gpus"] == ""
 
 
 def test_the_ray_profile_has_a_head_and_a_gpu_worker():

@@ -28,6 +28,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     spec = recipe.train
     rng = seed_everything(spec.seed)
     started = time.perf_counter()
+    device = next(model.parameters()).device  # batches go where the model is
     model.train()
     forget = encode_forget(tokenizer, data)
     pad_id = tokenizer.pad_token_id
@@ -48,7 +49,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
-        ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id)
+        ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id, device)
         loss = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
         value = check_loss(loss, step=step, limit=spec.loss_explode)
         optimizer.zero_grad(set_to_none=True)

@@ -33,6 +33,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     rng = seed_everything(spec.seed)
     started = time.perf_counter()
     model = get_peft_model(model, lora_config(model, recipe.adapter))
+    device = next(model.parameters()).device  # batches go where the model is
     model.train()
     forget = encode_forget(tokenizer, data)
     retain = encode(tokenizer, data.retain_documents())
@@ -54,10 +55,10 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
-        ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id)
+        ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id, device)
         loss = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
         if retain and spec.retain_weight > 0:
-            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.retain_batch_size or spec.batch_size), pad_id)
+            r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.retain_batch_size or spec.batch_size), pad_id, device)
             if spec.retain_loss == "kl":
                 with torch.no_grad(), model.disable_adapter():
                     ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits

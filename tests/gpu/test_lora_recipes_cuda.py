@@ -1,5 +1,5 @@
-"""npo-lora on a CUDA device: its batches follow the model onto the device, and the adapter it stores is an
-ordinary peft adapter that gives the trained model's logits on the CPU. Skipped without CUDA; a GPU
+"""The LoRA recipes for causal LMs on a CUDA device: their batches follow the model onto the device, and the
+adapter each stores is an ordinary peft adapter that gives the trained model's logits on the CPU. Skipped without CUDA; a GPU
 machine runs it with `pytest tests/gpu`."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def test_npo_lora_trains_on_cuda_and_its_adapter_gives_the_same_logits_on_the_cpu(tmp_path):
+@pytest.mark.parametrize("recipe_name", ["npo-lora", "graddiff-lora", "simnpo-lora"])
+def test_a_lora_recipe_trains_on_cuda_and_its_adapter_gives_the_same_logits_on_the_cpu(tmp_path, recipe_name):
     from peft import PeftModel
 
     from forgetd.training.registry import get_recipe
@@ -27,7 +28,7 @@ def test_npo_lora_trains_on_cuda_and_its_adapter_gives_the_same_logits_on_the_cp
     tokenizer, data = llm_gpu._data()
     base, _ = llm_gpu._build("tiny", tokenizer, "cpu", "float32")  # CPU and CUDA draw different random weights
     on_gpu = copy.deepcopy(base).to("cuda")
-    recipe = get_recipe(ROOT / "adapters", "npo-lora", max_steps=6, eval_every=3, stop="fixed")
+    recipe = get_recipe(ROOT / "adapters", recipe_name, max_steps=6, eval_every=3, stop="fixed")
     result = recipe.module().train(recipe, model=on_gpu, tokenizer=tokenizer, data=data, out_dir=tmp_path / "adapter")
     assert result["steps"] == 6 and next(on_gpu.parameters()).is_cuda
 
