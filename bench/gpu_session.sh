@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks, as one `run` on a lent GPU machine (see /work/.library/device/README.md). That machine's
-# Python has torch, transformers, peft, tokenizers, pyyaml and pytest but not pydantic, so its wheels travel:
+# The GPU checks, as one `run` on a lent GPU machine (see /work/.library/device/README.md): tests/gpu (the LoRA
+# recipes on CUDA; a request through the pipeline with FORGETD_TRAIN_DEVICE=cuda) and bench/llm_gpu.py. That
+# machine's Python has torch, transformers, peft, tokenizers, pyyaml and pytest; what else the pipeline
+# imports travels as wheels (Python 3.12, x86-64):
 #
 #   here, once per checkout:  echo /.whl/ >> .git/info/exclude && bash bench/gpu_session.sh --fetch-wheels
 #   there:                    run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=420)
 #
-# Then copy $OUT's llm_gpu.json/.md into bench/results/ and commit them. About 3 minutes of device time
-# (the 1.1B model is built four times; 10 + 110 + 10 adapter steps).
+# Then copy $OUT's llm_gpu.json/.md into bench/results/ and commit them. About 4 minutes of device time
+# (tests/gpu trains the small test LM on the CPU first; the 1.1B model is built three times for 10 + 10 + 110
+# adapter steps). About 13 MB of wheels travel.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fetch-wheels" ]; then
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+        --platform manylinux_2_34_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
+        typing-inspection==0.4.5 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 cryptography==50.0.2 cffi==2.1.1 \
+        pycparser==3.12
     exit
 fi
 out="${OUT:-bench/results}"
