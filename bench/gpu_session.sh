@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, as one `run` on a lent GPU machine (see /work/.library/device/README.md): tests/gpu (the LoRA
-# recipes on CUDA; a request through the pipeline with FORGETD_TRAIN_DEVICE=cuda) and bench/llm_gpu.py. That
+# recipes on CUDA; a request through the pipeline with FORGETD_DEVICE=cuda) and bench/llm_gpu.py. That
 # machine's Python has torch, transformers, peft, tokenizers, pyyaml and pytest; what else the pipeline
 # imports travels as wheels (Python 3.12, x86-64):
 #

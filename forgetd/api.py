@@ -989,7 +989,7 @@ def tick(ctx: Context, *, model: str | None = None, progress=None) -> dict[str, 
     only that model's jobs (another tick or the service can take the other models' at the same time)."""
     from forgetd.jobs.service import run_until_idle
 
-    _check_train_device(ctx)
+    _check_device(ctx)
     model_id = None
     if model is not None:
         with ctx.session() as s:
@@ -1169,17 +1169,17 @@ def serve(ctx: Context, options) -> int:
 
     ctx.engine  # noqa: B018 -- refuse to start on an out-of-date schema before anything else
     if options.executor in ("local", "inline"):  # its jobs run on this machine; a Ray worker checks its own
-        _check_train_device(ctx)
+        _check_device(ctx)
     return Daemon(ctx, options).run()
 
 
-def _check_train_device(ctx: Context) -> None:
-    """Refuse, before anything changes, a FORGETD_TRAIN_DEVICE naming a CUDA device this machine lacks: else
-    every train job would fail, and its requests with it."""
-    if ctx.settings.train_device not in ("cpu", "auto"):
-        from forgetd.pipeline import training_device
+def _check_device(ctx: Context) -> None:
+    """Refuse, before anything changes, a FORGETD_DEVICE naming a CUDA device this machine lacks: else
+    every train and evaluation job would fail, and its requests with it."""
+    if ctx.settings.device not in ("cpu", "auto"):
+        from forgetd.pipeline import resolve_device
 
-        training_device(ctx.settings.train_device)
+        resolve_device(ctx.settings.device)
 
 
 # --- explanation records (forgetd.explain.records) -------------------------------------------------------

@@ -28,10 +28,10 @@ _TOML_KEYS = {
     "adapters_dir",
     "data_root",
     "cache_dir",
-    "train_device",
+    "device",
 }
 
-TRAIN_DEVICES = "cpu, auto (a CUDA device when one is visible), cuda or cuda:N"
+DEVICES = "cpu, auto (a CUDA device when one is visible), cuda or cuda:N"
 
 
 def _repo_or_installed_dir(name: str) -> Path:
@@ -64,9 +64,10 @@ class Settings:
     retry_base_seconds: float = 10.0
     retry_cap_seconds: float = 600.0
     max_attempts: int = 5
-    # Where causal-LM adapters train: "cpu" (bit-reproducible: a retried job stores the same bytes), "auto",
-    # "cuda" or "cuda:N". Other families train on the CPU.
-    train_device: str = "cpu"
+    # Where causal-LM models train and are evaluated: "cpu" (bit-reproducible: a retried job stores the same
+    # bytes and measures the same metrics), "auto", "cuda" or "cuda:N". Composition always runs on the CPU in
+    # fp32 (exact); other families run on the CPU.
+    device: str = "cpu"
 
     def with_operator(self, operator: str | None) -> "Settings":
         return replace(self, operator=operator) if operator else self
@@ -157,14 +158,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if value:
             kwargs[toml_key] = Path(value).expanduser()
 
-    train_device = str(pick("FORGETD_TRAIN_DEVICE", "train_device", "cpu")).strip().lower()
-    kind, _, index = train_device.partition(":")
-    if not (train_device in ("cpu", "auto", "cuda") or (kind == "cuda" and index.isdigit())):
-        raise InputError(f"must be {TRAIN_DEVICES}, not {train_device!r}", field="FORGETD_TRAIN_DEVICE")
+    device = str(pick("FORGETD_DEVICE", "device", "cpu")).strip().lower()
+    kind, _, index = device.partition(":")
+    if not (device in ("cpu", "auto", "cuda") or (kind == "cuda" and index.isdigit())):
+        raise InputError(f"must be {DEVICES}, not {device!r}", field="FORGETD_DEVICE")
 
     return Settings(
         home=home,
-        train_device=train_device,
+        device=device,
         database_url=str(database_url),
         master_key_file=Path(pick("FORGETD_MASTER_KEY_FILE", "master_key_file", home / "master.key")).expanduser(),
         master_key_env=env.get("FORGETD_MASTER_KEY") or None,

@@ -173,7 +173,7 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
     from forgetd.families import family_module
     from forgetd.training.registry import get_recipe
 
-    device = training_device(ctx.settings.train_device)  # before any state changes: a misconfigured worker changes nothing
+    device = resolve_device(ctx.settings.device)  # before any state changes: a misconfigured worker changes nothing
     with ctx.session() as s:
         requests = [_lock_request(s, pid) for pid in public_ids]
         startable = (St.scheduled, St.training) if resume else (St.scheduled,)
@@ -216,10 +216,9 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         extra = {}
         if recipe.train.retain_anchor == "base" and against_ref["version"] != 0:
             extra["anchor"] = _load_base(ctx, model)[0].eval()
-        if model.family == "causal_lm" and device != "cpu":  # its recipes train wherever the model lives
-            loaded = loaded.to(device)
-            if "anchor" in extra:
-                extra["anchor"] = extra["anchor"].to(device)
+        loaded = _placed(model.family, loaded, device)  # the causal-LM recipes train wherever the model lives
+        if "anchor" in extra:
+            extra["anchor"] = _placed(model.family, extra["anchor"], device)
         staging = Path(tempfile.mkdtemp(prefix="adapter-", dir=ctx.settings.home))
         try:
             out = staging / "adapter"
@@ -318,9 +317,18 @@ def load_evidence(ctx, uri: str) -> dict[str, Any]:
     return json.loads((ctx.store.open_dir("evidence", uri.rsplit("/", 1)[-1]) / "evidence.json").read_text())
 
 
-def training_device(setting: str) -> str:
-    """The torch device causal-LM adapters train on, from the `train_device` setting; refuses a CUDA device
-    this process cannot see."""
+def _placed_pair(family: str, loaded: tuple[Any, Any], device: str) -> tuple[Any, Any]:
+    return _placed(family, loaded[0], device), loaded[1]
+
+
+def _placed(family: str, model, device: str):
+    """`model` on `device` if it is a causal LM (they train and are evaluated there); else as it is."""
+    return model.to(device) if family == "causal_lm" and device != "cpu" else model
+
+
+def resolve_device(setting: str) -> str:
+    """The torch device causal-LM models train and are evaluated on, from the `device` setting; refuses a
+    CUDA device this process cannot see."""
     if setting == "cpu":
         return "cpu"
     import torch
@@ -331,7 +339,7 @@ def training_device(setting: str) -> str:
         raise ConfigError(
             f"{setting} is set but this worker sees no CUDA device (CUDA_VISIBLE_DEVICES, driver); "
             "set it to cpu or auto, or run the worker where a GPU is visible",
-            field="FORGETD_TRAIN_DEVICE",
+            field="FORGETD_DEVICE",
         )
     if setting == "auto":
         return "cuda"
@@ -339,7 +347,7 @@ def training_device(setting: str) -> str:
     if index >= torch.cuda.device_count():
         raise ConfigError(
             f"{setting} is set but this worker sees {torch.cuda.device_count()} CUDA device(s)",
-            field="FORGETD_TRAIN_DEVICE",
+            field="FORGETD_DEVICE",
         )
     return setting
 
@@ -400,6 +408,7 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
     from forgetd.families import family_module
     from forgetd.verify.checks import failing
 
+    device = resolve_device(ctx.settings.device)
     with ctx.session() as s:
         request = _lock_request(s, public_id)
         if request.status is not St.evaluating:
@@ -422,8 +431,10 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
             return False
     family = family_module(model.family)
     tokenizer = family.load_tokenizer(weights_dir)
-    original = checkpoint_metrics(family, _base_content_id(ctx, model), lambda: _load_base(ctx, model), data)
-    with_adapters = _composition(family).load_with_adapters(lambda: family.load_model(weights_dir), [adapter_dir])
+    original = checkpoint_metrics(family, _base_content_id(ctx, model),
+                                  lambda: _placed_pair(model.family, _load_base(ctx, model), device), data)
+    with_adapters = _placed(model.family, _composition(family).load_with_adapters(
+        lambda: family.load_model(weights_dir), [adapter_dir]), device)
     metrics = family.evaluate(with_adapters, tokenizer, data,
                               original=original)
     thresholds = policy.verification.thresholds()
@@ -436,7 +447,8 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
         # `retain_acc_min_ratio`, overall.
         if against_version != 0:
             start = checkpoint_metrics(family, against_content_id,
-                                       lambda: (family.load_model(weights_dir), tokenizer), data)
+                                       lambda: (_placed(model.family, family.load_model(weights_dir), device), tokenizer),
+                                       data)
         checks += [replace(c, metric=c.metric + "_step")
                    for c in family.checks(metrics, start, {"retain_acc_min_ratio": step_min})]
     evidence = _store_evidence(ctx, {"request": public_id, "adapter": adapter_sha, "metrics": metrics,
@@ -590,6 +602,7 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
     from forgetd.families import family_module
     from forgetd.verify.checks import failing
 
+    device = resolve_device(ctx.settings.device)
     with ctx.session() as s:
         model = s.execute(select(Model).where(Model.name == model_name)).scalar_one()
         verifying = s.execute(
@@ -609,12 +622,12 @@ def verify_and_promote(ctx, model_name: str, *, now_fn) -> list[str]:
         weights_dir = checkpoint_dir(ctx, candidate)
         verifying_ids = [r.public_id for r in verifying]
     family = family_module(model.family)
-    merged, tokenizer = family.load_model(weights_dir), family.load_tokenizer(weights_dir)
+    merged, tokenizer = _placed(model.family, family.load_model(weights_dir), device), family.load_tokenizer(weights_dir)
     base_id, base = _base_content_id(ctx, model), []
 
     def load_base():  # once for all targets, and only if one is not memoised
         if not base:
-            base.append(_load_base(ctx, model))
+            base.append(_placed_pair(model.family, _load_base(ctx, model), device))
         return base[0]
 
     results = []

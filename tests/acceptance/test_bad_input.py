@@ -275,10 +275,10 @@ CASES = [
     Case("env-max-payload-negative", ("request", "list"), "FORGETD_MAX_PAYLOAD_BYTES",
          env={"FORGETD_MAX_PAYLOAD_BYTES": "-1"}),
     Case("env-max-payload-zero", submit(), "FORGETD_MAX_PAYLOAD_BYTES", env={"FORGETD_MAX_PAYLOAD_BYTES": "0"}),
-    Case("env-train-device-unknown", submit(), "FORGETD_TRAIN_DEVICE", env={"FORGETD_TRAIN_DEVICE": "gpu"},
+    Case("env-device-unknown", submit(), "FORGETD_DEVICE", env={"FORGETD_DEVICE": "gpu"},
          also=("cpu, auto", "cuda:N", "'gpu'")),
-    Case("env-train-device-bad-index", ("request", "list"), "FORGETD_TRAIN_DEVICE",
-         env={"FORGETD_TRAIN_DEVICE": "cuda:first"}),
+    Case("env-device-bad-index", ("request", "list"), "FORGETD_DEVICE",
+         env={"FORGETD_DEVICE": "cuda:first"}),
 ]
 
 

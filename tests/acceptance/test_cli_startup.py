@@ -232,7 +232,7 @@ def test_db_status_commands_fail_on_an_empty_database(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["tick"], ["serve", "--executor", "local"]])
-def test_tick_and_serve_refuse_a_cuda_train_device_this_machine_lacks(tmp_path, command):
+def test_tick_and_serve_refuse_a_cuda_device_this_machine_lacks(tmp_path, command):
     import torch
 
     if torch.cuda.is_available():
@@ -240,9 +240,9 @@ def test_tick_and_serve_refuse_a_cuda_train_device_this_machine_lacks(tmp_path, 
     env = _clean_env(FORGETD_HOME=str(tmp_path / "home"), FORGETD_DATABASE_URL=f"sqlite:///{tmp_path / 'f.db'}",
                      FORGETD_MASTER_KEY=new_master_key())
     assert run_cli(["db", "upgrade"], env).returncode == 0
-    refused = run_cli(command, {**env, "FORGETD_TRAIN_DEVICE": "cuda:0"})
+    refused = run_cli(command, {**env, "FORGETD_DEVICE": "cuda:0"})
     assert refused.returncode != 0, (refused.stdout, refused.stderr)
     lines = refused.stderr.splitlines()
-    assert len(lines) == 1 and "FORGETD_TRAIN_DEVICE" in lines[0] and "no CUDA device" in lines[0], lines
+    assert len(lines) == 1 and "FORGETD_DEVICE" in lines[0] and "no CUDA device" in lines[0], lines
     assert "Traceback" not in refused.stdout + refused.stderr
     assert json.loads(run_cli(["job", "list", "--json"], env).stdout) == []  # nothing was planned or queued

@@ -1,4 +1,4 @@
-"""FORGETD_TRAIN_DEVICE=cuda end to end on the tiny test LM: the adapter trains on the GPU, and the request
+"""FORGETD_DEVICE=cuda end to end on the tiny test LM: the adapter trains on the GPU, and the request
 completes through composition, verification and promotion; the served checkpoint answers none of the
 person's questions. Skipped without CUDA."""
 
@@ -37,7 +37,7 @@ def test_a_request_trained_on_the_gpu_completes_and_is_forgotten(settings, tmp_p
     (policies / "loose.yaml").write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=0.5))
     adapters = tmp_path / "adapters"
     shutil.copytree(ROOT / "adapters", adapters)
-    ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters, train_device=DEVICE))
+    ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters, device=DEVICE))
     try:
         model_dir, dataset, people = tiny_lm
         api.model_register(ctx, "lm", "causal_lm", str(model_dir), dataset=str(dataset))

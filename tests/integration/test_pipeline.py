@@ -333,7 +333,7 @@ def test_a_tick_for_one_model_leaves_the_other_models_requests_alone(pipe, tiny_
     assert api.tick(ctx)["completed"] == [theirs]  # an unscoped tick takes what is left
 
 
-def test_a_cuda_train_device_on_a_worker_without_one_is_refused_before_anything_changes(pipe):
+def test_a_cuda_device_on_a_worker_without_one_is_refused_before_anything_changes(pipe):
     import torch
 
     from forgetd.errors import ConfigError
@@ -344,11 +344,11 @@ def test_a_cuda_train_device_on_a_worker_without_one_is_refused_before_anything_
     public_id = _submit(ctx, people[0])
     # a tick on this machine: refused up front
     jobs = api.job_list(ctx)
-    misconfigured = api.open_context(replace(ctx.settings, train_device="cuda"))
+    misconfigured = api.open_context(replace(ctx.settings, device="cuda"))
     try:
         with pytest.raises(ConfigError, match="sees no CUDA device") as refused:
             api.tick(misconfigured)
-        assert refused.value.field == "FORGETD_TRAIN_DEVICE"
+        assert refused.value.field == "FORGETD_DEVICE"
     finally:
         misconfigured.close()
     assert api.request_show(ctx, public_id)["status"] == "approved"
@@ -356,19 +356,33 @@ def test_a_cuda_train_device_on_a_worker_without_one_is_refused_before_anything_
     # a train job on a worker elsewhere (Ray): refused before its requests change state
     pipeline.schedule(ctx, now=api.utcnow())
     for setting in ("cuda", "cuda:1"):
-        misconfigured = api.open_context(replace(ctx.settings, train_device=setting))
+        misconfigured = api.open_context(replace(ctx.settings, device=setting))
         try:
             with pytest.raises(ConfigError, match="sees no CUDA device") as refused:
                 pipeline.train(misconfigured, [public_id], now_fn=api.utcnow)
         finally:
             misconfigured.close()
-        assert refused.value.field == "FORGETD_TRAIN_DEVICE"
+        assert refused.value.field == "FORGETD_DEVICE"
     assert api.request_show(ctx, public_id)["status"] == "scheduled"
     assert not (ctx.settings.home / "store" / "adapter").exists()
     # "auto" falls back to the CPU here and trains
-    auto = api.open_context(replace(ctx.settings, train_device="auto"))
+    auto = api.open_context(replace(ctx.settings, device="auto"))
     try:
         assert pipeline.train(auto, [public_id], now_fn=api.utcnow)
     finally:
         auto.close()
     assert api.request_show(ctx, public_id)["status"] == "evaluating"
+    # evaluation is refused the same way, and goes on with "auto"
+    misconfigured = api.open_context(replace(ctx.settings, device="cuda"))
+    try:
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            pipeline.evaluate_adapter(misconfigured, public_id, now_fn=api.utcnow)
+    finally:
+        misconfigured.close()
+    assert api.request_show(ctx, public_id)["status"] == "evaluating"
+    auto = api.open_context(replace(ctx.settings, device="auto"))
+    try:
+        assert pipeline.evaluate_adapter(auto, public_id, now_fn=api.utcnow) is not None
+    finally:
+        auto.close()
+    assert api.request_show(ctx, public_id)["status"] != "evaluating"

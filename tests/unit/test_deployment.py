@@ -45,7 +45,7 @@ def test_jobs_train_on_a_gpu_where_their_process_sees_one():
     compose = _compose()
     for name in ("forgetd", "ray-gpu-worker"):
         env = compose["services"][name]["environment"]
-        assert env["FORGETD_TRAIN_DEVICE"] == "${FORGETD_TRAIN_DEVICE:-auto}"
+        assert env["FORGETD_DEVICE"] == "${FORGETD_DEVICE:-auto}"
     # an empty --gpus (the default) is accepted: local slots without GPUs, Ray jobs asking for none
     serve = cli.commands["serve"]
     assert serve.make_context("serve", ["--executor", "local", "--gpus", ""]).params["gpus"] == ""
