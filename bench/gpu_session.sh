@@ -7,9 +7,9 @@
 #   here, once per checkout:  echo /.whl/ >> .git/info/exclude && bash bench/gpu_session.sh --fetch-wheels
 #   there:                    run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=420)
 #
-# Then copy $OUT's llm_gpu.json/.md into bench/results/ and commit them. About 4 minutes of device time
-# (tests/gpu trains the small test LM on the CPU first; the 1.1B model is built three times for 10 + 10 + 110
-# adapter steps). About 13 MB of wheels travel.
+# Then copy $OUT's llm_gpu.json/.md into bench/results/ and commit them. About 5 minutes of device time
+# (tests/gpu trains the small test LM on the CPU first; the 1.1B model is built five times: npo-lora for
+# 10 + 10 + 110 steps, the ga-full baseline for 10 + 110, each saving 2.2 GB). About 13 MB of wheels travel.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fetch-wheels" ]; then

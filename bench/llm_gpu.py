@@ -1,4 +1,5 @@
-"""npo-lora on a ~1B-parameter Llama-shaped model: seconds per 100 adapter steps and peak GPU memory.
+"""npo-lora on a ~1B-parameter Llama-shaped model: seconds per 100 adapter steps and peak GPU memory, against a
+full fine-tune of the same model (ga-full) measured in the same run.
 
     .venv/bin/python bench/llm_gpu.py [--size 1b] [--device cuda] [--dtype bfloat16] [--steps 100] [--warmup 10]
 
@@ -12,8 +13,9 @@ already looks like the reference set) and it evaluates only at its last step. Af
 (the process's first CUDA kernels, allocator growth), it runs twice, each on a freshly built model: for
 --warmup steps and for --warmup + --steps steps. The difference of the two wall-clock times is the time
 of --steps steps, without building the model, set-up, the one evaluation each run ends with, or saving
-the adapter. Peak memory is torch.cuda.max_memory_allocated over
-the longer run (on a CUDA device).
+the output. Peak memory is torch.cuda.max_memory_allocated over the longer run (on a CUDA device).
+The baseline, `--baseline ga-full` (the default; `none` skips it): gradient ascent on every weight with
+AdamW, what an adapter saves, timed the same way.
 `--size tiny --device cpu` runs the same code on a 2-layer model in seconds (tests/unit/test_llm_gpu_bench.py).
 Writes llm_gpu.json and llm_gpu.md under --out (default bench/results).
 """
@@ -79,14 +81,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _run(size: str, device: str, dtype: str, steps: int, tokenizer, data) -> dict:
-    """One npo-lora run of exactly `steps` steps on a freshly built model."""
+def _run(recipe_name: str, size: str, device: str, dtype: str, steps: int, tokenizer, data) -> dict:
+    """One run of `recipe_name`, exactly `steps` steps, on a freshly built model."""
     import torch
 
     from forgetd.training.registry import get_recipe
 
     model, config = _build(size, tokenizer, device, dtype)
-    recipe = get_recipe(ROOT / "adapters", "npo-lora", max_steps=steps, eval_every=steps, stop="fixed")
+    params = sum(p.numel() for p in model.parameters())
+    recipe = get_recipe(ROOT / "adapters", recipe_name, max_steps=steps, eval_every=steps, stop="fixed")
     cuda = device.startswith("cuda")
     if cuda:
         _sync(device)
@@ -97,19 +100,32 @@ def _run(size: str, device: str, dtype: str, steps: int, tokenizer, data) -> dic
         result = recipe.module().train(recipe, model=model, tokenizer=tokenizer, data=data, out_dir=Path(tmp) / "out")
         _sync(device)
         seconds = time.perf_counter() - started
-        adapter_bytes = sum(f.stat().st_size for f in (Path(tmp) / "out").iterdir())
+        output_bytes = sum(f.stat().st_size for f in (Path(tmp) / "out").iterdir())
     if result["steps"] != steps:
-        raise RuntimeError(f"npo-lora ran {result['steps']} steps, not {steps}")
+        raise RuntimeError(f"{recipe_name} ran {result['steps']} steps, not {steps}")
     return {
         "seconds": seconds,
         "steps": result["steps"],
         "trainable_params": result["trainable_params"],
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
         "config": {k: getattr(config, k) for k in SIZES[size]},
         "weights_bytes": weights_bytes,
         "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        "adapter_bytes": adapter_bytes,
-        "loss_finite": all(h.get("loss") is not None and h["loss"] == h["loss"] for h in result["history"]),
+        "output_bytes": output_bytes,
+    }
+
+
+def _timed(recipe_name: str, args, tokenizer, data) -> dict:
+    """`recipe_name` for --warmup and for --warmup + --steps steps; the difference, per 100 steps."""
+    runs = [_run(recipe_name, args.size, args.device, args.dtype, n, tokenizer, data)
+            for n in (args.warmup, args.warmup + args.steps)]
+    return {
+        "recipe": recipe_name,
+        "trainable_params": runs[1]["trainable_params"],
+        "seconds_per_100_steps": (runs[1]["seconds"] - runs[0]["seconds"]) / args.steps * 100,
+        "peak_bytes": runs[1]["peak_bytes"],
+        "output_bytes": runs[1]["output_bytes"],
+        "runs": runs,
     }
 
 
@@ -117,28 +133,36 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.1f}M"
 
 
+def _gib(n: int | None) -> str:
+    return f"{n / 1024**3:.2f} GiB" if n is not None else "not measured (not a CUDA device)"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB" if n >= 1024**2 else f"{n / 1024:.0f} KiB"
+
+
 def _markdown(r: dict) -> str:
-    gib = 1024**3
-    peak = f"{r['peak_bytes'] / gib:.2f} GiB" if r["peak_bytes"] is not None else "not measured (not a CUDA device)"
-    weights = f"{r['weights_bytes'] / gib:.2f} GiB" if r["weights_bytes"] is not None else "-"
-    return "\n".join([
+    rows = [r["npo_lora"]] + ([r["baseline"]] if r["baseline"] else [])
+    what = {"npo-lora": "LoRA r=8 on the MLP projections", "ga-full": "every weight (the baseline)"}
+    lines = [
         f"# npo-lora on a {_count(r['params'])}-parameter Llama-shaped model ({r['size']})",
         "",
         f"Measured {r['measured_at']} on {r['machine']}; torch {r['torch']}, {r['dtype']}, random weights from "
-        f"config {r['config']}. npo-lora as shipped (adapters/npo-lora.yaml) with stop: fixed and one evaluation "
-        f"at the last step; {r['trainable_params']:,} trainable LoRA parameters.",
+        f"config {r['config']}. Recipes as shipped (adapters/*.yaml) with stop: fixed and one evaluation at the "
+        f"last step; model weights on the device: {_gib(r['weights_bytes'])}.",
         "",
-        "| | value |",
-        "|---|---|",
-        f"| seconds per 100 adapter steps | {r['seconds_per_100_steps']:.2f} |",
-        f"| peak GPU memory | {peak} |",
-        f"| model weights on the device | {weights} |",
-        f"| adapter on disk | {r['adapter_bytes'] / 1024:.0f} KiB |",
-        "",
-        f"Runs of {r['warmup']} and {r['warmup'] + r['steps']} steps took {r['runs'][0]['seconds']:.2f} s and "
-        f"{r['runs'][1]['seconds']:.2f} s; the difference is {r['steps']} steps.",
-        "",
-    ])
+        "| recipe | trains | trainable parameters | seconds per 100 steps | peak GPU memory | stored output |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['recipe']} | {what.get(row['recipe'], '')} | {row['trainable_params']:,} | "
+                     f"{row['seconds_per_100_steps']:.2f} | {_gib(row['peak_bytes'])} | {_size(row['output_bytes'])} |")
+    lines.append("")
+    for row in rows:
+        first, second = row["runs"]
+        lines.append(f"- {row['recipe']}: runs of {first['steps']} and {second['steps']} steps took "
+                     f"{first['seconds']:.2f} s and {second['seconds']:.2f} s.")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--baseline", choices=["ga-full", "none"], default="ga-full")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
@@ -166,29 +191,25 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     tokenizer, data = _data()
-    _run(args.size, args.device, args.dtype, args.warmup, tokenizer, data)  # discarded: first use of the device
-    runs = [_run(args.size, args.device, args.dtype, n, tokenizer, data) for n in (args.warmup, args.warmup + args.steps)]
-    if not all(r["loss_finite"] for r in runs):
-        raise RuntimeError("a loss was not finite")
-    long = runs[1]
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} {os.cpu_count()} cores"
+    _run("npo-lora", args.size, args.device, args.dtype, args.warmup, tokenizer, data)  # discarded: first use of the device
+    npo = _timed("npo-lora", args, tokenizer, data)
+    baseline = _timed(args.baseline, args, tokenizer, data) if args.baseline != "none" else None
+    first = npo["runs"][1]
+    cuda = args.device.startswith("cuda")
     result = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine,
+        "machine": torch.cuda.get_device_name() if cuda else f"{platform.machine()} {os.cpu_count()} cores",
         "torch": torch.__version__,
         "size": args.size,
         "device": args.device,
         "dtype": args.dtype,
         "steps": args.steps,
         "warmup": args.warmup,
-        "params": long["params"],
-        "config": long["config"],
-        "trainable_params": long["trainable_params"],
-        "seconds_per_100_steps": (runs[1]["seconds"] - runs[0]["seconds"]) / args.steps * 100,
-        "peak_bytes": long["peak_bytes"],
-        "weights_bytes": long["weights_bytes"],
-        "adapter_bytes": long["adapter_bytes"],
-        "runs": runs,
+        "params": first["params"],
+        "config": first["config"],
+        "weights_bytes": first["weights_bytes"],
+        "npo_lora": npo,
+        "baseline": baseline,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "llm_gpu.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -192,7 +192,7 @@ def _markdown(result: dict) -> str:
         "",
         f"- |difference of the first-{first} means| between two retrainings: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["pairwise_abs_diff_first"].items())
-        + f" (the forgetting bench's MIA target allows 0.05 against one of them)",
+        + " (the forgetting bench's MIA target allows 0.05 against one of them)",
         f"- |difference of the all-{len(people)} means|: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["pairwise_abs_diff_all"].items()),
         f"- per-person standard deviation across retrainings, averaged over people: {s['per_person_sd_mean']:.3f}",
