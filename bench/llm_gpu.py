@@ -151,8 +151,8 @@ def _markdown(r: dict) -> str:
         f"# npo-lora on a {_count(r['params'])}-parameter Llama-shaped model ({r['size']})",
         "",
         f"Measured {r['measured_at']} on {r['machine']}; torch {r['torch']}, {r['dtype']}, random weights from "
-        f"config {r['config']}. Recipes as shipped (adapters/*.yaml) with stop: fixed, no divergence guard and one evaluation at the "
-        f"last step; model weights on the device: {_gib(r['weights_bytes'])}.",
+        f"config {r['config']}. Recipes as shipped (adapters/*.yaml) with stop: fixed, no divergence guard and "
+        f"one evaluation at the last step; model weights on the device: {_gib(r['weights_bytes'])}.",
         "",
         "| recipe | trains | trainable parameters | seconds per 100 steps | peak GPU memory | stored output |",
         "|---|---|---|---|---|---|",
