@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     tokenizer, data = _data()
-    _run("npo-lora", args.size, args.device, args.dtype, args.warmup, tokenizer, data)  # discarded: first use of the device
+    # discarded: the process's first use of the device
+    _run("npo-lora", args.size, args.device, args.dtype, args.warmup, tokenizer, data)
     npo = _timed("npo-lora", args, tokenizer, data)
     baseline = None
     if args.baseline != "none":

@@ -1,6 +1,6 @@
 """The LoRA recipes for causal LMs on a CUDA device: their batches follow the model onto the device, and the
-adapter each stores is an ordinary peft adapter that gives the trained model's logits on the CPU. Skipped without CUDA; a GPU
-machine runs it with `pytest tests/gpu`."""
+adapter each stores is an ordinary peft adapter that gives the trained model's logits on the CPU. Skipped
+without CUDA; a GPU machine runs it with `pytest tests/gpu` (bench/gpu_session.sh)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,8 @@ def test_a_request_trained_on_the_gpu_completes_and_is_forgotten(settings, tmp_p
         checkpoints = api.checkpoint_list(ctx, "lm")
         assert [(c["version"], c["status"], c["covers"]) for c in checkpoints][1] == (1, "served", [record["id"]])
         with ctx.session() as s:
-            weights = pipeline.checkpoint_dir(ctx, s.execute(select(Checkpoint).where(Checkpoint.version == 1)).scalar_one())
+            served = s.execute(select(Checkpoint).where(Checkpoint.version == 1)).scalar_one()
+            weights = pipeline.checkpoint_dir(ctx, served)
         data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}])
         model = causal_lm.load_model(weights)
         assert qa_accuracy(model, causal_lm.load_tokenizer(weights), data.forget_qa) == 0.0
