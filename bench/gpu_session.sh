@@ -17,7 +17,7 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform manylinux_2_34_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
         typing-inspection==0.4.5 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 cryptography==50.0.2 cffi==2.1.1 \
-        pycparser==3.12
+        pycparser==3.12 typing-extensions==4.16.0
     exit
 fi
 out="${OUT:-bench/results}"
