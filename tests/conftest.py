@@ -268,6 +268,23 @@ def tiny_lm(tmp_path_factory):
     return model_dir, dataset, [p.id for p in corpus.forget_candidates]
 
 
+def pipeline_dirs(tmp_path: Path, **policies: tuple[float, float, float]) -> tuple[Path, Path]:
+    """`tmp_path/policies` holding POLICY for each name=(qa, retain, mia), and `tmp_path/adapters`, a copy of
+    the repository's recipes that a test may edit."""
+    import shutil
+
+    policies_dir = tmp_path / "policies"
+    policies_dir.mkdir()
+    for name, (qa, retain, mia) in policies.items():
+        (policies_dir / f"{name}.yaml").write_text(POLICY.format(name=name, qa=qa, retain=retain, mia=mia))
+    adapters = tmp_path / "adapters"
+    shutil.copytree(REPO / "adapters", adapters)
+    return policies_dir, adapters
+
+
+LOOSE = (1.0, 0.0, 0.5)  # verification passes: what the pipeline tests that are not about verification use
+
+
 def edit_recipe(path: Path, **train) -> None:
     import yaml
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from sqlalchemy import select
 
 from forgetd import api
 from forgetd.db.models import AuditEvent, Checkpoint, Job, JobEvent, Request
-from tests.conftest import POLICY, REPO, edit_recipe, run_cli
+from tests.conftest import LOOSE, edit_recipe, pipeline_dirs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -98,11 +97,7 @@ def _service_env(cli_env, **extra) -> dict[str, str]:
 
 
 def _pipeline_settings(settings, tmp_path, *, batch: int, max_steps: int = 6, **train):
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "loose.yaml").write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=0.5))
-    adapters = tmp_path / "adapters"
-    shutil.copytree(REPO / "adapters", adapters)
+    policies, adapters = pipeline_dirs(tmp_path, loose=LOOSE)
     edit_recipe(adapters / "npo-lora.yaml", max_steps=max_steps, batch_requests=batch, **train)
     return replace(settings, policies_dir=policies, adapters_dir=adapters)
 

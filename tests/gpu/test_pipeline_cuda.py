@@ -4,15 +4,12 @@ person's questions. Skipped without CUDA."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -30,13 +27,9 @@ def test_a_request_trained_on_the_gpu_completes_and_is_forgotten(settings, tmp_p
     from forgetd.db.models import Checkpoint
     from forgetd.families import causal_lm
     from forgetd.verify.causal_lm import qa_accuracy
-    from tests.conftest import POLICY
+    from tests.conftest import LOOSE, pipeline_dirs
 
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "loose.yaml").write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=0.5))
-    adapters = tmp_path / "adapters"
-    shutil.copytree(ROOT / "adapters", adapters)
+    policies, adapters = pipeline_dirs(tmp_path, loose=LOOSE)
     ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters, device=DEVICE))
     try:
         model_dir, dataset, people = tiny_lm

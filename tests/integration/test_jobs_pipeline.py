@@ -18,16 +18,12 @@ from forgetd.db.models import Adapter, Job, LineageEdge, Request  # noqa: E402
 from forgetd.jobs import planner, queue  # noqa: E402
 from forgetd.jobs.queue import Backoff  # noqa: E402
 from forgetd.jobs.runner import LEASE_LOST, run_claim  # noqa: E402
-from tests.conftest import POLICY, REPO, edit_recipe  # noqa: E402
+from tests.conftest import LOOSE, edit_recipe, pipeline_dirs  # noqa: E402
 
 
 @pytest.fixture
 def pipe(settings, tmp_path, tiny_lm):
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "loose.yaml").write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=0.5))
-    adapters = tmp_path / "adapters"
-    shutil.copytree(REPO / "adapters", adapters)
+    policies, adapters = pipeline_dirs(tmp_path, loose=LOOSE)
     edit_recipe(adapters / "npo-lora.yaml", max_steps=6)
     model_dir, dataset, people = tiny_lm
     copy = tmp_path / "model"

@@ -4,7 +4,6 @@ and the failure paths (corrupt adapter, failed verification, refused rollback)."
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from sqlalchemy import select  # noqa: E402
 from forgetd import api, pipeline  # noqa: E402
 from forgetd.db.models import Checkpoint  # noqa: E402
 from forgetd.errors import DomainError  # noqa: E402
-from tests.conftest import POLICY, edit_recipe  # noqa: E402
+from tests.conftest import LOOSE, POLICY, edit_recipe, pipeline_dirs  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def db_url(sqlite_url):
@@ -30,12 +28,7 @@ def db_url(sqlite_url):
 @pytest.fixture
 def pipe(settings, tmp_path, tiny_lm):
     """api context with test policies (loose: verification passes; strict: it cannot) and fast recipes."""
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "loose.yaml").write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=0.5))
-    (policies / "strict.yaml").write_text(POLICY.format(name="strict", qa=1.0, retain=1.5, mia=0.5))
-    adapters = tmp_path / "adapters"
-    shutil.copytree(REPO / "adapters", adapters)
+    policies, adapters = pipeline_dirs(tmp_path, loose=LOOSE, strict=(1.0, 1.5, 0.5))
     edit_recipe(adapters / "npo-lora.yaml", max_steps=6)
     ctx = api.open_context(replace(settings, policies_dir=policies, adapters_dir=adapters))
     model_dir, dataset, people = tiny_lm
