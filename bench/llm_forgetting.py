@@ -30,6 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ["ga-full", "graddiff-lora", "npo-lora", "simnpo-lora"]
 
 
+def _machine() -> str:
+    """Architecture, CPU model and cores: retrained and unlearned models differ between CPU makes (their float
+    kernels do), so a result is tied to the kind of CPU that measured it."""
+    import platform
+
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.machine()} {cpu} {os.cpu_count()} cores".replace("  ", " ")
+
+
 def _metrics(model, tokenizer, data) -> dict[str, float]:
     from forgetd.verify.causal_lm import evaluate
 
@@ -300,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
 
-    import platform
-
     import torch
 
     from forgetd.config import load_settings
@@ -328,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         table = _summary(rows, retrain_seconds)
         result = {
             "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "machine": _machine(),
             "threads": args.threads,
             "seeds": args.seeds,
             "retrain_seconds": retrain_seconds,

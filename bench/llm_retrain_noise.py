@@ -1,6 +1,7 @@
 """How far apart two retrainings are: the gold standard's own spread on the Min-K% MIA AUC.
 
-    .venv/bin/python bench/llm_retrain_noise.py [--seeds 3] [--people 20] [--first 5] [--folds 4] [--threads 2]
+    .venv/bin/python bench/llm_retrain_noise.py [--seeds 3] [--people 20] [--first 5] [--folds 4]
+        [--fold-seeds 1] [--threads 2]
 
 The forgetting bench (bench/llm_forgetting.py) compares npo-lora's MIA AUC with that of one model
 retrained without the forget candidates, on the mean over the first `--first` people. Here the same
@@ -14,9 +15,13 @@ original model), and how well it predicts each retraining's per-person AUC. And 
 retraining once per model instead of once per request: `--folds` reference models, each trained without
 one fold of the trained people (fold = sha256 of the person's id modulo `--folds`, training seed 0), so
 that every person is unseen by exactly one of them; a person's estimate is their AUC under that one.
+With `--fold-seeds R` above 1, that is repeated with training seeds 1..R-1, each with its own fold
+assignment (sha256 of "seed:id"), and a person's estimate is the mean of their R AUCs: whether averaging
+more reference models brings the estimate closer to what a retraining gives.
 Then npo-lora forgets each of the first `--first` people (seed i forgets person i, as in the forgetting
-bench) twice: as shipped (stopping band around 0.5) and with the band centred on the person's estimate
-instead (the recipe's StopCheck, shifted here; verification in the pipeline would still judge 0.5).
+bench): as shipped (stopping band around 0.5), and with the band centred on the person's estimate instead
+(the one-model estimate and, with R above 1, the R-model one; the recipe's StopCheck, shifted here;
+verification in the pipeline would still judge 0.5).
 Writes bench/results/llm_retrain_noise.json and .md.
 """
 
@@ -70,13 +75,14 @@ def _name_swap_estimates(model, tokenizer, corpus, people, forget: list) -> list
     return out
 
 
-def _fold(person_id: str, folds: int) -> int:
-    return int(hashlib.sha256(person_id.encode()).hexdigest(), 16) % folds
+def _fold(person_id: str, folds: int, seed: int = 0) -> int:
+    key = person_id if seed == 0 else f"{seed}:{person_id}"  # seed 0 keeps the first measurement's folds
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % folds
 
 
-def _fold_estimates(cfg, corpus, people, forget: list, tokenizer, folds: int, work: Path, threads: int):
-    """Each person's AUC (calibration half) under the reference model that did not see them; and the seconds
-    each reference model took to train."""
+def _fold_estimates(cfg, corpus, people, forget: list, tokenizer, folds: int, work: Path, threads: int, seed: int = 0):
+    """Each person's AUC (calibration half) under the reference model, trained with `seed`, that did not see
+    them; and the seconds each reference model took to train."""
     import torch
 
     from forgetd.demo.tiny_lm import train_tiny_lm
@@ -86,16 +92,17 @@ def _fold_estimates(cfg, corpus, people, forget: list, tokenizer, folds: int, wo
     estimate: list[float | None] = [None] * len(people)
     seconds = []
     for k in range(folds):
-        left_out = tuple(p.id for p in corpus.trained if _fold(p.id, folds) == k)
+        left_out = tuple(p.id for p in corpus.trained if _fold(p.id, folds, seed) == k)
         started = time.perf_counter()
-        train_tiny_lm(replace(cfg, exclude_ids=left_out), work / f"fold-{k}", threads=threads)
+        out = work / f"fold-{seed}-{k}"
+        train_tiny_lm(replace(cfg, exclude_ids=left_out, seed=seed), out, threads=threads)
         seconds.append(time.perf_counter() - started)
         with torch.no_grad():
-            model = causal_lm.load_model(work / f"fold-{k}").eval()
+            model = causal_lm.load_model(out).eval()
             for i, (person, data) in enumerate(zip(people, forget)):
-                if _fold(person.id, folds) == k:
+                if _fold(person.id, folds, seed) == k:
                     estimate[i] = mia_auc(model, tokenizer, data.forget_texts, data.calibration_half().reference_texts)
-        print(f"[reference model {k}] {len(left_out)} people left out, {seconds[-1]:.1f}s", flush=True)
+        print(f"[reference model {k}, seed {seed}] {len(left_out)} people left out, {seconds[-1]:.1f}s", flush=True)
     return estimate, seconds
 
 
@@ -112,18 +119,20 @@ def _centred_stop_check(centre: float):
     return CentredStopCheck
 
 
-def _npo_runs(original: Path, tokenizer, people, forget: list, estimate: list[float]) -> dict[str, list[dict]]:
-    """npo-lora on each person (seed i forgets person i), as shipped and centred on the estimate; metrics on
-    the verification half, as in bench/llm_forgetting.py."""
+def _npo_runs(
+    original: Path, tokenizer, people, forget: list, estimates: dict[str, list[float]]
+) -> dict[str, list[dict]]:
+    """npo-lora on each person (seed i forgets person i), as shipped and centred on each of `estimates`
+    (by name); metrics on the verification half, as in bench/llm_forgetting.py."""
     from llm_forgetting import _train_and_measure  # this script's directory is on sys.path
 
     from forgetd.training.recipes import npo_lora
 
     shipped = npo_lora.StopCheck
-    runs: dict[str, list[dict]] = {"as shipped": [], "centred on the estimate": []}
-    for seed, (person, data, centre) in enumerate(zip(people, forget, estimate)):
+    runs: dict[str, list[dict]] = {"as shipped": [], **{name: [] for name in estimates}}
+    for seed, (person, data) in enumerate(zip(people, forget)):
         for name in runs:
-            npo_lora.StopCheck = shipped if name == "as shipped" else _centred_stop_check(centre)
+            npo_lora.StopCheck = shipped if name == "as shipped" else _centred_stop_check(estimates[name][seed])
             try:
                 measured, seconds, result = _train_and_measure(
                     "npo-lora", seed, original, tokenizer, data, data.verification_half()
@@ -171,6 +180,11 @@ def _summary(per_seed: dict[str, list[float]], estimate: list[float], first: int
     }
 
 
+def _by_gold(values: dict[str, float], fmt: str) -> str:
+    """Values keyed by retraining seed, and "mean" for the retrainings' per-person mean."""
+    return ", ".join(f"{'seed ' + k if k != 'mean' else 'their mean'}: {v:{fmt}}" for k, v in values.items())
+
+
 def _markdown(result: dict) -> str:
     s, first, people = result["summary"], result["first"], result["people"]
     seeds = sorted(int(k) for k in result["per_seed"])
@@ -215,38 +229,51 @@ def _markdown(result: dict) -> str:
     ]
     folds = result.get("folds")
     if folds:
-        f = folds["summary"]
+        n_models = folds["folds"] * folds["fold_seeds"]
+        left_out = "; ".join(f"seed {k}: {', '.join(map(str, v))}" for k, v in folds["left_out"].items())
+        summaries = {f"{folds['folds']} models, seed {k}": v for k, v in folds["summary_by_seed"].items()}
+        if folds["fold_seeds"] > 1:
+            summaries[f"{n_models} models, the mean"] = folds["summary"]
         lines += [
-            f"## An estimate from {folds['folds']} reference models (retraining once per model, not per request)",
+            "## An estimate from reference models (retraining once per model, not per request)",
             "",
-            f"{folds['folds']} models, each trained (seed 0) without one fold of the {result['trained_people']} trained "
-            "people (fold: sha256 of the id modulo "
-            f"{folds['folds']}; {', '.join(str(n) for n in folds['left_out'])} people left out; "
-            f"{', '.join(f'{t:.0f}' for t in folds['seconds'])} s, {sum(folds['seconds']):.0f} s in all). A person's "
-            "estimate is their AUC, against the calibration half, under the one model that did not see them.",
+            f"For each training seed, {folds['folds']} models, each trained without one fold of the "
+            f"{result['trained_people']} trained people (fold: sha256 of the id, or of \"seed:id\" for seeds above 0, "
+            f"modulo {folds['folds']}; people left out: {left_out}; {n_models} models, "
+            f"{sum(folds['seconds']):.0f} s in all, {sum(folds['seconds']) / n_models:.0f} s each). Under one seed, a "
+            "person's estimate is their AUC, against the calibration half, under the model that did not see them; "
+            "with several seeds, the mean of those. Compared with each retraining and with the retrainings' "
+            "per-person mean:",
             "",
-            "- correlation with each retraining's per-person AUC: "
-            + ", ".join(f"seed {k}: {v:.2f}" for k, v in f["corr"].items()),
-            "- mean absolute error: " + ", ".join(f"seed {k}: {v:.3f}" for k, v in f["mean_abs_err"].items()),
-            f"- mean over the first {first} people: {f['mean_first']:.3f}; |difference| from each retraining's: "
-            + ", ".join(f"seed {k}: {v:.3f}" for k, v in f["abs_diff_first"].items()),
+            "| estimate | correlation | mean absolute error | mean, first "
+            f"{first} | distance from the first-{first} mean |",
+            "|---|---|---|---|---|",
+        ]
+        for name, f in summaries.items():
+            lines.append(
+                f"| {name} | {_by_gold(f['corr'], '.2f')} | {_by_gold(f['mean_abs_err'], '.3f')} | "
+                f"{f['mean_first']:.3f} | {_by_gold(f['abs_diff_first'], '.3f')} |"
+            )
+        lines += [
             "",
             f"npo-lora forgetting each of the first {first} people (seed i forgets person i; verification half), with "
             "its stopping band around 0.5 as shipped, and centred on the person's reference-model estimate:",
             "",
-            "| npo-lora | MIA AUC: mean (per person) | forget QA | retain QA | distance from each retraining's mean |",
+            "| npo-lora | MIA AUC: mean (per person) | forget QA | retain QA | distance from the retrainings' mean |",
             "|---|---|---|---|---|",
         ]
         for name, rows in folds["npo_lora"].items():
             aucs = [r["mia_auc"] for r in rows]
-            diffs = ", ".join(f"seed {k}: {v:.3f}" for k, v in folds["npo_lora_abs_diff_first"][name].items())
             lines.append(
                 f"| {name} | {statistics.mean(aucs):.3f} ({', '.join(f'{a:.2f}' for a in aucs)}) | "
                 f"{statistics.mean(r['forget_qa_acc'] for r in rows):.3f} | "
-                f"{statistics.mean(r['retain_qa_acc'] for r in rows):.3f} | {diffs} |"
+                f"{statistics.mean(r['retain_qa_acc'] for r in rows):.3f} | "
+                f"{_by_gold(folds['npo_lora_abs_diff_first'][name], '.3f')} |"
             )
         lines.append("")
-    columns = ["name-swap estimate"] + (["reference-model estimate"] if folds else [])
+    columns = ["name-swap estimate"]
+    if folds:
+        columns.append(f"reference-model estimate ({folds['folds'] * folds['fold_seeds']} models)")
     lines += [
         "| person | " + " | ".join(f"retrained, seed {k}" for k in seeds) + " | " + " | ".join(columns) + " |",
         "|---|" + "---|" * (len(seeds) + len(columns)),
@@ -265,16 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--people", type=int, default=20, help="forget candidates measured")
     ap.add_argument("--first", type=int, default=5, help="the forgetting bench's number of people")
     ap.add_argument("--folds", type=int, default=4, help="reference models for the fold estimate (0: skip it)")
+    ap.add_argument("--fold-seeds", type=int, default=1, help="training seeds of the reference models (estimate: mean)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="model cache (default: FORGETD_CACHE_DIR or ~/.cache/forgetd)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
-    if args.seeds < 2 or args.people < args.first or args.first < 1 or args.folds == 1 or args.folds < 0:
-        ap.error("need --seeds ≥ 2, 1 ≤ --first ≤ --people, and --folds 0 or ≥ 2")
-
-    import platform
+    bad_folds = args.folds == 1 or args.folds < 0 or args.fold_seeds < 1
+    if args.seeds < 2 or args.people < args.first or args.first < 1 or bad_folds:
+        ap.error("need --seeds ≥ 2, 1 ≤ --first ≤ --people, --folds 0 or ≥ 2, and --fold-seeds ≥ 1")
 
     import torch
+    from llm_forgetting import _machine  # this script's directory is on sys.path
 
     from forgetd.config import load_settings
     from forgetd.datasets import load_dataset_file
@@ -308,26 +336,43 @@ def main(argv: list[str] | None = None) -> int:
                   f"{statistics.mean(per_seed[str(seed)][: args.first]):.3f}", flush=True)
         folds = None
         if args.folds:
-            fold_estimate, fold_seconds = _fold_estimates(
-                cfg, corpus, people, forget, tokenizer, args.folds, work, args.threads
-            )
-            npo = _npo_runs(original, tokenizer, people[: args.first], forget, fold_estimate)
+            by_seed: dict[str, list[float]] = {}
+            fold_seconds: list[float] = []
+            for fold_seed in range(args.fold_seeds):
+                by_seed[str(fold_seed)], spent = _fold_estimates(
+                    cfg, corpus, people, forget, tokenizer, args.folds, work, args.threads, fold_seed
+                )
+                fold_seconds += spent
+            n_models = args.folds * args.fold_seeds
+            averaged = [statistics.mean(v[i] for v in by_seed.values()) for i in range(len(people))]
+            estimates = {f"centred on the estimate ({args.folds} models)": by_seed["0"]}
+            if args.fold_seeds > 1:
+                estimates[f"centred on the estimate ({n_models} models)"] = averaged
+            npo = _npo_runs(original, tokenizer, people[: args.first], forget, estimates)
+            # the retrainings' per-person mean: the closest thing here to what "a retraining" gives
+            gold = {**per_seed, "mean": [statistics.mean(v[i] for v in per_seed.values()) for i in range(len(people))]}
             folds = {
                 "npo_lora": npo,
                 "npo_lora_abs_diff_first": {
                     name: {s: abs(statistics.mean(r["mia_auc"] for r in rows) - statistics.mean(v[: args.first]))
-                           for s, v in per_seed.items()}
+                           for s, v in gold.items()}
                     for name, rows in npo.items()
                 },
                 "folds": args.folds,
-                "left_out": [sum(_fold(p.id, args.folds) == k for p in corpus.trained) for k in range(args.folds)],
+                "fold_seeds": args.fold_seeds,
+                "left_out": {
+                    fs: [sum(_fold(p.id, args.folds, int(fs)) == k for p in corpus.trained) for k in range(args.folds)]
+                    for fs in by_seed
+                },
                 "seconds": fold_seconds,
-                "estimate": fold_estimate,
-                "summary": _estimate_summary(fold_estimate, per_seed, args.first),
+                "estimate_by_seed": by_seed,
+                "estimate": averaged,
+                "summary_by_seed": {fs: _estimate_summary(v, gold, args.first) for fs, v in by_seed.items()},
+                "summary": _estimate_summary(averaged, gold, args.first),
             }
     result = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "machine": _machine(),
         "threads": args.threads,
         "forget_candidates": len(forget_set),
         "trained_people": len(corpus.trained),
