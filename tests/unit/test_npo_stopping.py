@@ -118,3 +118,36 @@ def test_reference_scores_are_reused_only_far_above_the_band(jumped):
     plain = _stop(data)
     plain.measure(model, tokenizer)
     assert "reference_reused" not in plain.measure(model, tokenizer)
+
+
+def _direction(entry: dict, margin: float) -> tuple[bool, bool]:
+    """The forget texts' (pushed, pulled back) after the evaluation `entry` records."""
+    return entry["mia_auc"] > 0.5 + margin, entry["mia_auc"] < 0.5 - margin
+
+
+def test_moments_are_cleared_exactly_when_the_forget_texts_change_direction(tiny_lm, tmp_path):
+    from pathlib import Path
+
+    from forgetd.datasets import load_dataset_file
+    from forgetd.families import causal_lm
+    from forgetd.training.registry import get_recipe
+
+    model_dir, dataset, people = tiny_lm
+    data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}])
+    tokenizer = causal_lm.load_tokenizer(model_dir)
+    adapters = Path(__file__).resolve().parents[2] / "adapters"
+    histories = {}
+    for on in (True, False):
+        # no bisection and no retain wait: the run crosses the band and has to come back by training
+        recipe = get_recipe(adapters, "npo-lora", reset_moments_on_switch=on, bisect=0, stop_retain_ratio=0.0,
+                            max_steps=40)
+        result = recipe.module().train(recipe, model=causal_lm.load_model(model_dir), tokenizer=tokenizer,
+                                       data=data, out_dir=tmp_path / str(on))
+        histories[on] = [h for h in result["history"] if "interpolated" not in h]
+    margin = recipe.train.stop_mia_margin
+    history = histories[True]
+    changes = [i for i in range(1, len(history))
+               if _direction(history[i], margin) != _direction(history[i - 1], margin)]
+    assert changes, history  # the run changed direction at least once: the test has something to check
+    assert [i for i, h in enumerate(history) if h.get("moments_reset")] == changes
+    assert not any(h.get("moments_reset") for h in histories[False])

@@ -33,6 +33,11 @@ in one step. When two evaluations fall on opposite sides of it, the segment betw
 weights is bisected (evaluations only, no training) for a point the stopping rule accepts; the adapter
 stored is that point. With earlier requests held, `train.kept_lr` replaces `train.lr`: large steps there
 pushed held people out of the band.
+
+Momentum (`train.reset_moments_on_switch`): when the gates turn the texts around (they leave the loss under
+the band, or the pull-back starts or ends), AdamW's moments still point the old way and, at a high learning
+rate, carry the AUC on past the band for several steps; clearing them makes the next step follow the new
+objective. Evaluations where that happened carry `moments_reset` in the history.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     history: list[dict[str, float]] = []
     best = BestSnapshot()
     previous: tuple[dict[str, float], dict[str, Any]] | None = None  # last evaluation and its weights
+    last_direction: tuple[bool, bool] | None = None  # the forget texts' (pushed, pulled back) at the last evaluation
     stop_reason = "max_steps"
     step = 0
     for step in range(1, spec.max_steps + 1):
@@ -188,6 +194,11 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 qa_left = [i for i, answered in zip(groups["qa"], stop.last_answered) if answered] or groups["qa"]
                 own_active = sorted((qa_left if keep_qa else []) + (groups["text"] if keep_text else []))
                 active = own_active or ([] if revived or sunk or stop.retain_short(measured) else active)
+                direction = (keep_text, pull_back)
+                if spec.reset_moments_on_switch and last_direction not in (None, direction):
+                    optimizer.state.clear()
+                    history[-1]["moments_reset"] = 1.0
+                last_direction = direction
             if spec.stop == "reference":
                 best.offer(model, measured, stop, step)
                 if stop.satisfied(measured):
