@@ -4,6 +4,8 @@ there. Reference reuse: far above the band the reference set is not scored again
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,7 +21,9 @@ from forgetd.training.common import (  # noqa: E402
     trainable_state,
 )
 from forgetd.training.recipes.npo_lora import _bisect, _straddles  # noqa: E402
-from forgetd.training.registry import AdapterSpec  # noqa: E402
+from forgetd.training.registry import AdapterSpec, get_recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -126,21 +130,17 @@ def _direction(entry: dict, margin: float) -> tuple[bool, bool]:
 
 
 def test_moments_are_cleared_exactly_when_the_forget_texts_change_direction(tiny_lm, tmp_path):
-    from pathlib import Path
-
     from forgetd.datasets import load_dataset_file
     from forgetd.families import causal_lm
-    from forgetd.training.registry import get_recipe
 
     model_dir, dataset, people = tiny_lm
     data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [people[0]]}])
     tokenizer = causal_lm.load_tokenizer(model_dir)
-    adapters = Path(__file__).resolve().parents[2] / "adapters"
     histories = {}
     for on in (True, False):
         # no bisection and no retain wait: the run crosses the band and has to come back by training
-        recipe = get_recipe(adapters, "npo-lora", reset_moments_on_switch=on, bisect=0, stop_retain_ratio=0.0,
-                            max_steps=40)
+        recipe = get_recipe(REPO / "adapters", "npo-lora", reset_moments_on_switch=on, bisect=0,
+                            stop_retain_ratio=0.0, max_steps=40)
         result = recipe.module().train(recipe, model=causal_lm.load_model(model_dir), tokenizer=tokenizer,
                                        data=data, out_dir=tmp_path / str(on))
         histories[on] = [h for h in result["history"] if "interpolated" not in h]
