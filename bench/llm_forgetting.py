@@ -31,8 +31,8 @@ RECIPES = ["ga-full", "graddiff-lora", "npo-lora", "simnpo-lora"]
 
 
 def _machine() -> str:
-    """Architecture, CPU model and cores: retrained and unlearned models differ between CPU makes (their float
-    kernels do), so a result is tied to the kind of CPU that measured it."""
+    """Architecture, CPU model, torch's CPU capability and cores: retrained and unlearned models differ between
+    CPUs (their float kernels do), so a result is tied to the kind of CPU that measured it."""
     import platform
 
     cpu = platform.processor() or ""
@@ -42,6 +42,12 @@ def _machine() -> str:
             if line.startswith("model name")
         )
     except (OSError, StopIteration):
+        pass
+    try:  # the vector instructions torch's CPU kernels use: one CPU model name covers several generations
+        import torch
+
+        cpu += f", torch {torch.backends.cpu.get_cpu_capability()}"
+    except (ImportError, AttributeError):
         pass
     return f"{platform.machine()} {cpu} {os.cpu_count()} cores".replace("  ", " ")
 
