@@ -1,8 +1,12 @@
 """Family image_classifier and GS-LoRA on the digits demo: stock HF save/load with the hash check, forget
 data resolution, forgetting one class, group sparsity, a stock-loadable adapter, merge parity.
 
-A deliberately small ViT (3 blocks of width 32, 15 epochs, ≈ 92% test accuracy, about 6 s on one thread)
-keeps the file fast; the default demo model is measured by bench/vision_forgetting.py.
+A deliberately small ViT (3 blocks of width 32, 30 epochs, ≈ 95% test accuracy, about 10 s on one thread)
+keeps the file fast; the default demo model is measured by bench/vision_forgetting.py. With 15 epochs
+(≈ 92%) the model was too weak to show the property reliably: CI on one machine measured retain accuracy
+after forgetting at 0.923 of the original's (floor 0.95), and this machine (AMD EPYC, AVX-512) 0.953-0.990
+over training seeds 0-3; with 30 epochs, 0.990-1.003 here, every seed dropping 2 blocks, and the shipped
+recipe first forgetting at retain 0.79-0.86 against the stopping floor 0.93.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from forgetd.verify.checks import CHECKERS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
-SMALL = digits.DigitsConfig(hidden_size=32, num_heads=2, intermediate_size=64, epochs=15, lr=3e-3)
+SMALL = digits.DigitsConfig(hidden_size=32, num_heads=2, intermediate_size=64, epochs=30, lr=3e-3)
 FORGET = 3
 # A longer warm-up and a stronger lasso than the default recipe's, so that this narrow model reliably has a
 # block to drop: with {warmup 40, α 0.1} the smallest block ended at 0.15 of the largest on one machine and
