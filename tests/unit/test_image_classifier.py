@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SMALL = digits.DigitsConfig(hidden_size=32, num_heads=2, intermediate_size=64, epochs=30, lr=3e-3)
 FORGET = 3
 # A longer warm-up and a stronger lasso than the default recipe's, so that this narrow model reliably has a
-# block to drop: with {warmup 40, α 0.1} the smallest block ended at 0.15 of the largest on one machine and
+# block to drop: on the 15-epoch model, with {warmup 40, α 0.1} the smallest block ended at 0.15 of the largest and
 # dropping it broke the calibration check (nothing pruned), and training seeds 1 and 2 pruned nothing either;
 # with these, seeds 0-3 each end with a block at ≤ 0.02 of the largest (the sparsity phase runs as long as
 # the warm-up: stop ≥ 2 × warm-up).
@@ -79,8 +79,9 @@ def forgot_one(demo, tmp_path_factory):
 def forgot_one_shipped(demo, tmp_path_factory):
     """GS-LoRA as shipped (no overrides) forgetting class FORGET. The stopping-rule test uses it: with
     GS_OVERRIDES' stronger lasso, retain accuracy on this narrow model hovered at 0.91-0.93 against a floor of
-    0.937 on an Intel machine, so the rule never fired there (it did on an AMD one); as shipped, training
-    seeds 0-2 stopped by the rule at steps 75, 105 and 125 of 200 on that Intel machine."""
+    0.937 on an Intel machine with the 15-epoch model, so the rule never fired there (it did on an AMD one);
+    as shipped, training seeds 0-2 stopped by the rule at steps 75, 105 and 125 of 200 there, and on the
+    30-epoch model seeds 0-3 stop at step 60 (AMD EPYC, AVX-512)."""
     out = tmp_path_factory.mktemp("gs-shipped") / "adapter"
     recipe = get_recipe(REPO / "adapters", "gs-lora")
     data = family.forget_data(demo["dataset"], [{"labels": [FORGET]}])
