@@ -241,6 +241,32 @@ def _gold_retain_line(result: dict) -> list[str]:
             "retain QA accuracy."]
 
 
+def _halves_auc(model_dir: Path, dataset) -> dict[str, float]:
+    """Min-K% AUC of the calibration half against the verification half under the original model, for
+    the dataset's split and for alternating halves: how far apart the two halves start."""
+    from forgetd.families import causal_lm
+    from forgetd.verify.causal_lm import auc, min_k_scores
+
+    model, tokenizer = causal_lm.load_model(model_dir), causal_lm.load_tokenizer(model_dir)
+    texts = dataset.texts_of(dataset.reference)
+    scores = min_k_scores(model, tokenizer, texts)
+    out = {"alternating": auc(scores[::2], scores[1::2])}
+    if dataset.reference_split:
+        out["matched"] = auc([s for s, h in zip(scores, dataset.reference_split) if h == 0],
+                             [s for s, h in zip(scores, dataset.reference_split) if h == 1])
+    return out
+
+
+def _halves_line(result: dict) -> list[str]:
+    halves = result.get("reference_halves_auc_original")
+    if not halves:
+        return []
+    line = f"Holdout halves (calibration vs verification) under the original: AUC {halves['alternating']:.3f} alternating"
+    if "matched" in halves:
+        line += f", {halves['matched']:.3f} as split (matched on the original's Min-K% scores, as registration does)"
+    return [line + "."]
+
+
 def _markdown(result: dict) -> str:
     lines = [
         "# Forgetting one person from the demo LM",
@@ -248,6 +274,7 @@ def _markdown(result: dict) -> str:
         f"Measured {result['measured_at']} on {result['machine']} ({result['threads']} threads); "
         f"retraining took {result['retrain_seconds']:.1f} s. Means over {result['seeds']} people (seed i forgets "
         "person i); metrics on the verification half of the holdout set.",
+        *_halves_line(result),
         "",
         "| method | forget QA | VerbMem | MIA AUC | retain QA | holdout ppl | seconds | % of retraining |",
         "|---|---|---|---|---|---|---|---|",
@@ -343,7 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         retrain_seconds = time.perf_counter() - started
         print(f"retrained without {len(forget_set)} people in {retrain_seconds:.1f}s", flush=True)
         dataset_path = write_corpus_dataset(corpus, work / "dataset.json")
-        dataset = load_dataset_file(dataset_path)
+        # as registration does: reference halves matched on the original model's scores
+        from forgetd.families import causal_lm
+
+        with torch.no_grad():
+            dataset = causal_lm.with_matched_reference_split(
+                load_dataset_file(dataset_path), causal_lm.load_model(original), causal_lm.load_tokenizer(original)
+            )
+            halves_auc = _halves_auc(original, dataset)
         rows = _single(args, original, retrained, retrain_seconds, corpus, dataset)
         table = _summary(rows, retrain_seconds)
         result = {
@@ -353,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": args.seeds,
             "retrain_seconds": retrain_seconds,
             "retrain_note": f"one model retrained without all {len(forget_set)} forget candidates",
+            "reference_halves_auc_original": halves_auc,
             "table": table,
             "targets": _targets(rows, table),
             "runs": rows,

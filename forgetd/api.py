@@ -225,7 +225,9 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
     base_sha256, files = hash_model_dir(directory)
     if not files:
         raise InputError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under the directory", field="--path")
-    dataset_sha256 = _store_dataset(ctx, Path(dataset).expanduser()) if dataset else None
+    dataset_sha256, reference_split = (
+        _store_dataset(ctx, Path(dataset).expanduser(), family=family, model_dir=directory) if dataset else (None, None)
+    )
     now = utcnow()
     with ctx.session() as s:
         if s.execute(select(Model.id).where(Model.name == name)).first():
@@ -249,24 +251,53 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
             resource_type="model",
             resource_id=name,
             payload={"family": family, "base_sha256": base_sha256, "weight_files": len(files),
-                     "dataset_sha256": dataset_sha256},
+                     "dataset_sha256": dataset_sha256, "reference_split": reference_split},
             at=now,
         )
         serving.create_base_checkpoint(s, model, actor=ctx.actor, now=now)
         return _model_dict(model)
 
 
-def _store_dataset(ctx: Context, path: Path) -> str:
-    """Validate a model's dataset file (records, retain and reference ids) and store it by content."""
+def _store_dataset(ctx: Context, path: Path, *, family: str, model_dir: Path) -> tuple[str, str | None]:
+    """Validate a model's dataset file (records, retain and reference ids) and store it by content:
+    (sha256, how its reference set is halved). A causal LM's dataset without a reference_split gets one
+    matched on the model's own scores (forgetd/datasets.py says why)."""
     import shutil
     import tempfile
 
     from forgetd.datasets import load_dataset_file
 
-    load_dataset_file(path)
+    parsed = load_dataset_file(path)
+    how = None
+    if parsed.reference_split:
+        how = "given"
+    elif family == "causal_lm" and len(parsed.texts_of(parsed.reference)) >= 2:
+        how = "matched"
+        split = _matched_reference_split(parsed, model_dir)
     with tempfile.TemporaryDirectory(dir=ctx.settings.home) as tmp:
-        shutil.copyfile(path, Path(tmp) / "dataset.json")
-        return ctx.store.put_dir("dataset", Path(tmp))
+        if how == "matched":
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            (Path(tmp) / "dataset.json").write_text(json.dumps({**raw, "reference_split": split}, sort_keys=True))
+        else:
+            shutil.copyfile(path, Path(tmp) / "dataset.json")
+        return ctx.store.put_dir("dataset", Path(tmp)), how
+
+
+def _matched_reference_split(dataset, model_dir: Path) -> list[int]:
+    from forgetd.families import causal_lm
+
+    try:
+        model, tokenizer = causal_lm.load_model(model_dir), causal_lm.load_tokenizer(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(
+            f"does not load as a causal LM with its tokenizer ({type(exc).__name__}); registering a causal_lm "
+            "dataset scores its reference texts with the model, so the directory needs config, weights and tokenizer",
+            field="--path",
+        ) from None
+    import torch
+
+    with torch.no_grad():
+        return causal_lm.matched_reference_split(model, tokenizer, dataset.texts_of(dataset.reference))
 
 
 def _model_dict(model) -> dict[str, Any]:

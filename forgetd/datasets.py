@@ -6,7 +6,14 @@ File format (JSON):
      "records": {"p0001": {"texts": ["…"], "qa": [["question", "answer"], …]}, …},
      "retain": ["p0002", …],          # trained records that must keep working
      "reference": ["p0100", …],       # never-trained records: what "forgotten" should look like
-     "general": ["…"]}                # optional general text (perplexity)
+     "general": ["…"],                # optional general text (perplexity)
+     "reference_split": [0, 1, 1, 0, …]}  # optional: one per reference text, in order (see below)
+
+The reference texts are halved: half 0 is what stopping rules may look at (calibration), half 1 what
+verification judges with. Without `reference_split` the halves alternate (even/odd). A causal LM's
+registration fills it in when absent, with halves matched on the registered model's own Min-K% scores
+(forgetd.families.causal_lm.matched_reference_split): alternating halves of a small reference set can
+differ by enough that a request stopped on one half fails on the other.
 
 For classifiers a record holds `samples` (indices or file refs) and `labels` instead of texts; for
 tabular classifiers `rows` (one list of raw feature values per row, in the model's feature order) and one
@@ -85,6 +92,8 @@ class Dataset(BaseModel):
     validation: list[str] = Field(default_factory=list)
     test: list[str] = Field(default_factory=list)
     inputs: Inputs | None = None
+    # Which half each reference text belongs to (0 calibration, 1 verification), in texts_of(reference) order.
+    reference_split: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ids_exist(self) -> "Dataset":
@@ -94,6 +103,8 @@ class Dataset(BaseModel):
             unknown = [i for i in getattr(self, group) if i not in self.records]
             if unknown:
                 raise ValueError(f"{group} names {len(unknown)} id(s) not in records, e.g. {unknown[0]!r}")
+        if self.reference_split:
+            self._check_reference_split()
         trained = set(self.retain)
         for group in ("reference", "validation", "test"):
             if trained & set(getattr(self, group)):
@@ -103,6 +114,18 @@ class Dataset(BaseModel):
         if self.inputs is not None:
             self._check_samples(len(self.inputs.rows))
         return self
+
+    def _check_reference_split(self) -> None:
+        n_texts = len(self.texts_of(self.reference))
+        if len(self.reference_split) != n_texts:
+            raise ValueError(
+                f"reference_split has {len(self.reference_split)} entries but the reference records have {n_texts} "
+                "texts: give one 0 (calibration) or 1 (verification) per reference text, in order, or leave it out"
+            )
+        if set(self.reference_split) - {0, 1}:
+            raise ValueError("reference_split entries must be 0 (calibration) or 1 (verification)")
+        if len(set(self.reference_split)) < 2:
+            raise ValueError("reference_split must put at least one reference text in each half (0 and 1)")
 
     def _check_samples(self, n_rows: int) -> None:
         for record_id, record in self.records.items():

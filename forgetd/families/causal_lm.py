@@ -95,14 +95,24 @@ class ForgetData:
     # What the checkpoint the adapter trains against already forgets: (texts, QA) per completed request of
     # the model. Recipes that keep it forgotten read it; verification never does.
     forgotten: list[tuple[list[str], list[tuple[str, str]]]] = field(default_factory=list)
+    # The dataset's reference_split (0 calibration, 1 verification per reference text); None: alternate.
+    reference_split: list[int] | None = None
+
+    def _reference_half(self, half: int) -> "ForgetData":
+        split = self.reference_split
+        if split is None or len(split) != len(self.reference_texts):
+            split = [i % 2 for i in range(len(self.reference_texts))]
+        texts = [t for t, h in zip(self.reference_texts, split) if h == half]
+        # QA pairs are judged by exact answers, not by likelihood, so alternating halves serve them
+        return replace(self, reference_texts=texts, reference_qa=self.reference_qa[half::2], reference_split=None)
 
     def calibration_half(self) -> "ForgetData":
-        """Even-indexed reference data: what recipes may look at to decide when to stop."""
-        return replace(self, reference_texts=self.reference_texts[::2], reference_qa=self.reference_qa[::2])
+        """Reference half 0: what recipes may look at to decide when to stop."""
+        return self._reference_half(0)
 
     def verification_half(self) -> "ForgetData":
-        """Odd-indexed reference data, never seen by a stopping rule: what verification judges with."""
-        return replace(self, reference_texts=self.reference_texts[1::2], reference_qa=self.reference_qa[1::2])
+        """Reference half 1, never seen by a stopping rule: what verification judges with."""
+        return self._reference_half(1)
 
     def forget_documents(self) -> list[str]:
         return self.forget_texts + [format_qa(q, a) for q, a in self.forget_qa]
@@ -143,6 +153,7 @@ def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain:
         reference_texts=dataset.texts_of(reference_ids) if dataset else [],
         reference_qa=dataset.qa_of(reference_ids) if dataset else [],
         general_texts=list(dataset.general) if dataset else [],
+        reference_split=list(dataset.reference_split) or None if dataset else None,
     )
 
 
@@ -155,6 +166,36 @@ def with_forgotten(data: ForgetData, dataset, payloads: list[dict[str, Any]]) ->
         if texts or qa:
             forgotten.append((texts, qa))
     return replace(data, forgotten=forgotten)
+
+
+def matched_reference_split(model, tokenizer, texts: list[str]) -> list[int]:
+    """Halves of `texts` (0 calibration, 1 verification) that `model` finds equally familiar: texts sorted
+    by their Min-K% score are dealt in consecutive pairs, one to each half, the lower-scored one going to
+    alternate halves pair by pair. A stopping rule aims the forget set at the calibration half's scores
+    and verification judges against the other half; alternating halves of the demo model's holdout texts
+    differed by an AUC of 0.56 under it, and requests that met the rule failed verification."""
+    from forgetd.verify.causal_lm import min_k_scores
+
+    return deal_matched_halves(min_k_scores(model, tokenizer, texts))
+
+
+def deal_matched_halves(scores: list[float]) -> list[int]:
+    """0/1 per score: sorted scores dealt in consecutive pairs, one to each half, the lower one going to
+    half 0 and half 1 in turn (so with an even number of pairs the halves' AUC is exactly 0.5)."""
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    split = [0] * len(scores)
+    for rank, index in enumerate(order):
+        pair, second = divmod(rank, 2)
+        split[index] = second if pair % 2 == 0 else 1 - second
+    return split
+
+
+def with_matched_reference_split(dataset, model, tokenizer):
+    """`dataset` with reference_split filled in from `model` (unchanged when it has one or no reference)."""
+    texts = dataset.texts_of(dataset.reference)
+    if dataset.reference_split or len(texts) < 2:
+        return dataset
+    return dataset.model_copy(update={"reference_split": matched_reference_split(model, tokenizer, texts)})
 
 
 def evaluate(model, tokenizer, data: ForgetData, *, original: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -111,6 +111,11 @@ def _model_dir(indir: Path, home: Path) -> None:
     make_model_dir(indir / "model2")
 
 
+def _dataset_json(**extra) -> str:
+    return json.dumps({"format": "forgetd-records/v1", "retain": ["a"], "reference": ["b"],
+                       "records": {"a": {"texts": ["trained"]}, "b": {"texts": ["never seen", "nor this"]}}, **extra})
+
+
 SMALL_LIMIT = {"FORGETD_MAX_PAYLOAD_BYTES": "2048"}
 BIG_TEXT = {"texts": ["b" * 3000]}
 SQL = "'; DROP TABLE requests; --"
@@ -240,6 +245,18 @@ CASES = [
     Case("model-register-duplicate-name",
          ("model", "register", MODEL, "--family", "tabular_classifier", "--path", "{in}/model2"), "NAME",
          prepare=_model_dir),
+    Case("model-register-reference-split-wrong-length",
+         ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2", "--dataset", "{in}/ds.json"),
+         "--dataset", prepare=_model_dir, also=("reference_split", "one 0 (calibration) or 1"),
+         files={"ds.json": _dataset_json(reference_split=[0, 1, 1])}),
+    Case("model-register-reference-split-one-half",
+         ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2", "--dataset", "{in}/ds.json"),
+         "--dataset", prepare=_model_dir, also=("reference_split", "each half"),
+         files={"ds.json": _dataset_json(reference_split=[1, 1])}),
+    # a causal_lm dataset's reference halves are matched on the model's scores: the model must load
+    Case("model-register-causal-lm-does-not-load",
+         ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2", "--dataset", "{in}/ds.json"),
+         "--path", prepare=_model_dir, also=("causal LM",), files={"ds.json": _dataset_json()}),
     # --- policy validate --------------------------------------------------------------------------------
     Case("policy-validate-missing-file", ("policy", "validate", "{in}/gone.yaml"), "gone.yaml"),
     Case("policy-validate-broken-yaml", ("policy", "validate", "{in}/gdpr-erasure.yaml"), "gdpr-erasure.yaml",
