@@ -27,7 +27,10 @@ def model() -> None:
 def register(ctx: click.Context, name: str, family: str, path: str, dataset: str | None, as_json: bool) -> None:
     """Register model NAME; its weight files are hashed and checked on every later load.
 
-    Example: forgetd model register demo-lm --family causal_lm --path ./models/demo-lm
+    For a causal_lm with a --dataset, the model scores the dataset's reference texts once here, to split
+    them into matched calibration and verification halves (unless the dataset gives reference_split).
+
+    Example: forgetd model register demo-lm --family causal_lm --path ./models/demo-lm --dataset people.json
     """
     from forgetd import api
 
