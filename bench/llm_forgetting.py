@@ -241,13 +241,11 @@ def _gold_retain_line(result: dict) -> list[str]:
             "retain QA accuracy."]
 
 
-def _halves_auc(model_dir: Path, dataset) -> dict[str, float]:
+def _halves_auc(model, tokenizer, dataset) -> dict[str, float]:
     """Min-K% AUC of the calibration half against the verification half under the original model, for
     the dataset's split and for alternating halves: how far apart the two halves start."""
-    from forgetd.families import causal_lm
     from forgetd.verify.causal_lm import auc, min_k_scores
 
-    model, tokenizer = causal_lm.load_model(model_dir), causal_lm.load_tokenizer(model_dir)
     texts = dataset.texts_of(dataset.reference)
     scores = min_k_scores(model, tokenizer, texts)
     out = {"alternating": auc(scores[::2], scores[1::2])}
@@ -374,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         from forgetd.families import causal_lm
 
         with torch.no_grad():
-            dataset = causal_lm.with_matched_reference_split(
-                load_dataset_file(dataset_path), causal_lm.load_model(original), causal_lm.load_tokenizer(original)
-            )
-            halves_auc = _halves_auc(original, dataset)
+            model, tokenizer = causal_lm.load_model(original), causal_lm.load_tokenizer(original)
+            dataset = causal_lm.with_matched_reference_split(load_dataset_file(dataset_path), model, tokenizer)
+            halves_auc = _halves_auc(model, tokenizer, dataset)
+            del model
         rows = _single(args, original, retrained, retrain_seconds, corpus, dataset)
         table = _summary(rows, retrain_seconds)
         result = {

@@ -266,12 +266,11 @@ def _store_dataset(ctx: Context, path: Path, *, family: str, model_dir: Path) ->
     import tempfile
 
     from forgetd.datasets import load_dataset_file
+    from forgetd.families.causal_lm import needs_matched_split
 
     parsed = load_dataset_file(path)
-    how = None
-    if parsed.reference_split:
-        how = "given"
-    elif family == "causal_lm" and len(parsed.texts_of(parsed.reference)) >= 2:
+    how = "given" if parsed.reference_split else None
+    if family == "causal_lm" and needs_matched_split(parsed):
         how = "matched"
         split = _matched_reference_split(parsed, model_dir)
     with tempfile.TemporaryDirectory(dir=ctx.settings.home) as tmp:
@@ -284,6 +283,8 @@ def _store_dataset(ctx: Context, path: Path, *, family: str, model_dir: Path) ->
 
 
 def _matched_reference_split(dataset, model_dir: Path) -> list[int]:
+    import torch
+
     from forgetd.families import causal_lm
 
     try:
@@ -294,8 +295,6 @@ def _matched_reference_split(dataset, model_dir: Path) -> list[int]:
             "dataset scores its reference texts with the model, so the directory needs config, weights and tokenizer",
             field="--path",
         ) from None
-    import torch
-
     with torch.no_grad():
         return causal_lm.matched_reference_split(model, tokenizer, dataset.texts_of(dataset.reference))
 

@@ -190,12 +190,17 @@ def deal_matched_halves(scores: list[float]) -> list[int]:
     return split
 
 
+def needs_matched_split(dataset) -> bool:
+    """The dataset gives no reference_split and has reference texts to halve (what registration scores)."""
+    return not dataset.reference_split and len(dataset.texts_of(dataset.reference)) >= 2
+
+
 def with_matched_reference_split(dataset, model, tokenizer):
     """`dataset` with reference_split filled in from `model` (unchanged when it has one or no reference)."""
-    texts = dataset.texts_of(dataset.reference)
-    if dataset.reference_split or len(texts) < 2:
+    if not needs_matched_split(dataset):
         return dataset
-    return dataset.model_copy(update={"reference_split": matched_reference_split(model, tokenizer, texts)})
+    split = matched_reference_split(model, tokenizer, dataset.texts_of(dataset.reference))
+    return dataset.model_copy(update={"reference_split": split})
 
 
 def evaluate(model, tokenizer, data: ForgetData, *, original: dict[str, Any] | None = None) -> dict[str, Any]:
