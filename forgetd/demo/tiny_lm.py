@@ -617,7 +617,7 @@ def load_tiny_lm(model_dir: Path | str) -> tuple["PreTrainedModel", "PreTrainedT
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _no_hf_progress_bars():
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, use_kernels=False)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model.eval()
     return model, tokenizer

@@ -54,7 +54,11 @@ def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: st
 
     quiet_transformers()
     check_weights(model_dir, expected_sha256)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    # use_kernels=False: transformers otherwise swaps layers for kernels fetched from the Hugging Face hub
+    # (never here: no hub downloads); on the CPU it re-kernelized the model at every train()/eval() switch
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype), local_files_only=True, use_kernels=False
+    )
     model.eval()
     return model
 

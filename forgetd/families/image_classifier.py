@@ -52,7 +52,9 @@ def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: st
 
     quiet_transformers()
     check_weights(model_dir, expected_sha256)
-    model = ViTForImageClassification.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    model = ViTForImageClassification.from_pretrained(  # no hub kernels: see causal_lm.load_model
+        model_dir, dtype=getattr(torch, dtype), local_files_only=True, use_kernels=False
+    )
     model.eval()
     return model
 

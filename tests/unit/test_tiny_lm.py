@@ -246,3 +246,63 @@ def test_bad_config_rejected():
         TinyLMConfig(arch="bert")
     with pytest.raises(ValueError):
         TinyLMConfig(hidden_size=65, num_heads=2)
+
+
+def test_qa_correct_argmax_at_answer_positions_matches_full_argmax(built):
+    """forgetd.verify's teacher-forced check takes the argmax only where answer tokens are predicted; it
+    must give what the argmax over every position gives, at any batch size, right and wrong answers mixed."""
+    from forgetd.families.causal_lm import format_prompt, format_qa
+    from forgetd.verify.causal_lm import qa_correct
+
+    path, _ = built
+    model, tok = load_tiny_lm(path)
+    qa = load_demo_corpus(path).train_qa()[:24]
+    mixed = qa[:12] + [(q, qa[(i + 1) % len(qa)][1]) for i, (q, _) in enumerate(qa[12:])]
+    expected = []
+    with torch.no_grad():
+        for q, a in mixed:
+            prompt = tok(format_prompt(q))["input_ids"]
+            full = tok(format_qa(q, a))["input_ids"] + [tok.eos_token_id]
+            assert full[: len(prompt)] == prompt
+            pred = model(input_ids=torch.tensor([full])).logits[0].argmax(-1)
+            expected.append(pred[len(prompt) - 1 : len(full) - 1].tolist() == full[len(prompt) :])
+    assert True in expected and False in expected
+    assert qa_correct(model, tok, mixed) == expected
+    assert qa_correct(model, tok, mixed, batch_size=5) == expected
+
+
+def test_models_load_without_hub_kernels(built):
+    """transformers would otherwise swap layers for kernels from the Hugging Face hub (no hub downloads)."""
+    from forgetd.families import causal_lm
+
+    path, _ = built
+    assert causal_lm.load_model(path).use_kernels is False
+    assert load_tiny_lm(path)[0].use_kernels is False
+
+
+def test_lazily_encoded_reads_like_encode_and_encodes_only_what_is_read(built):
+    from forgetd.training.common import LazilyEncoded, encode
+
+    path, _ = built
+    _, tok = load_tiny_lm(path)
+    texts = load_demo_corpus(path).train_texts()[:10]
+
+    class Counting:  # the real tokenizer, counting the texts it is asked to encode
+        def __init__(self):
+            self.texts = 0
+            self.eos_token_id = tok.eos_token_id
+
+        def __call__(self, batch):
+            self.texts += len(batch)
+            return tok(batch)
+
+    counting = Counting()
+    lazy = LazilyEncoded(counting, texts, max_len=8)
+    assert len(lazy) == 10 and bool(lazy) and counting.texts == 0
+    eager = encode(tok, texts, max_len=8)
+    assert lazy[3] == eager[3] and lazy[-1] == eager[-1] and counting.texts == 2
+    assert lazy[3] == eager[3] and counting.texts == 2  # read again: not encoded again
+    assert lazy[2:5] == eager[2:5] and counting.texts == 4
+    assert list(lazy) == eager and counting.texts == 10
+    with pytest.raises(IndexError):
+        lazy[10]

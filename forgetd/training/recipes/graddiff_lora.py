@@ -12,10 +12,10 @@ from typing import Any
 
 from forgetd.training.common import (
     BestSnapshot,
+    LazilyEncoded,
     Progress,
     StopCheck,
     check_loss,
-    encode,
     encode_forget,
     lora_config,
     pad,
@@ -36,7 +36,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     device = next(model.parameters()).device  # batches go where the model is
     model.train()
     forget = encode_forget(tokenizer, data)
-    retain = encode(tokenizer, data.retain_documents())
+    retain = LazilyEncoded(tokenizer, data.retain_documents())
     pad_id = tokenizer.pad_token_id
     calibration = data.calibration_half()
     stop = StopCheck(

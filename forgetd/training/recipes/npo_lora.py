@@ -49,9 +49,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from forgetd.families.causal_lm import format_qa
-from forgetd.verify.causal_lm import qa_correct
 from forgetd.training.common import (
     BestSnapshot,
+    LazilyEncoded,
     Progress,
     StopCheck,
     check_loss,
@@ -66,6 +66,7 @@ from forgetd.training.common import (
     sequence_nll,
     trainable_state,
 )
+from forgetd.verify.causal_lm import qa_correct
 
 
 def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress | None = None,
@@ -79,7 +80,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     model = get_peft_model(model, lora_config(model, recipe.adapter))
     device = next(model.parameters()).device  # batches go where the model is (a GPU worker's, or the CPU)
     forget = encode_forget(tokenizer, data)
-    retain = encode(tokenizer, data.retain_documents())
+    retain = LazilyEncoded(tokenizer, data.retain_documents())
     forget_answers = {answer for _, answer in data.forget_qa}
     neighbours = encode(tokenizer, [format_qa(q, a) for q, a in data.retain_qa if a in forget_answers])
     kept_groups = list(data.forgotten) if spec.keep_forgotten_weight > 0 else []
