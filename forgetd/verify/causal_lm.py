@@ -66,7 +66,8 @@ def qa_correct(model, tokenizer, qa: Sequence[tuple[str, str]], *, batch_size: i
     fulls = _encode(tokenizer, [format_qa(q, a) for q, a in qa])
     seqs, spans = [], []
     for p, f in zip(prompts, fulls):
-        start = len(p) if f[: len(p)] == p else _common_prefix(p, f)
+        # the first token is given, never predicted: an answer is judged from the second token on at the earliest
+        start = max(1, len(p) if f[: len(p)] == p else _common_prefix(p, f))
         seq = f + [tokenizer.eos_token_id]
         seqs.append(seq)
         spans.append((start, len(seq)))
