@@ -110,6 +110,7 @@ def test_demo_model_round_trip_stock_loading_and_hash(demo):
     ours = family.load_model(model_dir, expected_sha256=hash_model_dir(model_dir)[0])
     images = family.images_of(demo["dataset"], demo["dataset"].test[:50])
     assert torch.equal(_logits(stock, images), _logits(ours, images))
+    assert ours.use_kernels is False  # stock loading swaps in Hugging Face hub kernels; ours never does
     with pytest.raises(IntegrityFailure):
         family.load_model(model_dir, expected_sha256="0" * 64)
     assert family.load_tokenizer(model_dir) is None
