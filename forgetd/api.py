@@ -296,7 +296,7 @@ def _matched_reference_split(dataset, model_dir: Path) -> list[int]:
             field="--path",
         ) from None
     with torch.no_grad():
-        return causal_lm.matched_reference_split(model, tokenizer, dataset.texts_of(dataset.reference))
+        return causal_lm.with_matched_reference_split(dataset, model, tokenizer).reference_split
 
 
 def _model_dict(model) -> dict[str, Any]:

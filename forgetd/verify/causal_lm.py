@@ -78,11 +78,11 @@ def qa_correct(model, tokenizer, qa: Sequence[tuple[str, str]], *, batch_size: i
             ids, mask = ids.to(_device(model)), mask.to(_device(model))
             logits = model(input_ids=ids, attention_mask=mask).logits
             # argmax only where an answer token is predicted: over the whole vocabulary at every position it
-            # cost a sixth of an evaluation on the demo model; the rows are the same, so is every argmax
+            # took a sixth of this check's time on the demo model; the rows are the same, so is every argmax
             batch_spans = spans[i : i + batch_size]
-            rows = torch.tensor([j for j, (start, end) in enumerate(batch_spans) for _ in range(start, end)])
-            cols = torch.tensor([c for start, end in batch_spans for c in range(start, end)])
-            rows, cols = rows.to(ids.device), cols.to(ids.device)
+            rows = torch.tensor([j for j, (start, end) in enumerate(batch_spans) for _ in range(start, end)],
+                                device=ids.device)
+            cols = torch.tensor([c for start, end in batch_spans for c in range(start, end)], device=ids.device)
             hits = (logits[rows, cols - 1].argmax(-1) == ids[rows, cols]).tolist()
             at = 0
             for start, end in batch_spans:
