@@ -1,7 +1,7 @@
 """How far apart two retrainings are: the gold standard's own spread on the Min-K% MIA AUC.
 
     .venv/bin/python bench/llm_retrain_noise.py [--seeds 3] [--people 20] [--first 5] [--folds 4]
-        [--fold-seeds 1] [--threads 2]
+        [--fold-seeds 1] [--statements-per-attribute 1] [--threads 2]
 
 The forgetting bench (bench/llm_forgetting.py) compares npo-lora's MIA AUC with that of one model
 retrained without the forget candidates, on the mean over the first `--first` people. Here the same
@@ -22,7 +22,12 @@ Then npo-lora forgets each of the first `--first` people (seed i forgets person 
 bench): as shipped (stopping band around 0.5), and with the band centred on the person's estimate instead
 (the one-model estimate and, with R above 1, the R-model one; the recipe's StopCheck, shifted here;
 verification in the pipeline would still judge 0.5).
-Writes bench/results/llm_retrain_noise.json and .md.
+`--statements-per-attribute N` builds the demo corpus with N paraphrased sentences per attribute instead of
+the demo's one (a different model, and different people drawn): whether more texts per person make a
+person's AUC under a retraining less person-specific. The spread of the retrainings' per-person means splits
+into what repeats across retrainings (the person effect, a variance estimated as that of the per-person means
+less a third of the mean within-person variance, for three retrainings) and what does not.
+Writes llm_retrain_noise.json and .md under `--out` (default bench/results/).
 """
 
 from __future__ import annotations
@@ -164,7 +169,13 @@ def _summary(per_seed: dict[str, list[float]], estimate: list[float], first: int
     means_all = {s: statistics.mean(per_seed[s]) for s in seeds}
     pairs = list(itertools.combinations(seeds, 2))
     per_person_sd = [statistics.stdev([per_seed[s][i] for s in seeds]) for i in range(len(estimate))]
+    person_means = [statistics.mean(per_seed[s][i] for s in seeds) for i in range(len(estimate))]
+    within = statistics.mean(sd**2 for sd in per_person_sd)
     return {
+        "person_means_sd": statistics.stdev(person_means),
+        "within_person_sd": within**0.5,
+        # what repeats across retrainings: the person's own "easiness", which no stopping rule at 0.5 can match
+        "person_effect_sd": max(0.0, statistics.variance(person_means) - within / len(seeds)) ** 0.5,
         "mean_first": means_first,
         "mean_all": means_all,
         "pairwise_abs_diff_first": {f"{a}-{b}": abs(means_first[a] - means_first[b]) for a, b in pairs},
@@ -188,13 +199,16 @@ def _by_gold(values: dict[str, float], fmt: str) -> str:
 def _markdown(result: dict) -> str:
     s, first, people = result["summary"], result["first"], result["people"]
     seeds = sorted(int(k) for k in result["per_seed"])
+    corpus = result.get("corpus")
+    texts = (f"Corpus: {corpus['texts_per_person']} texts per person ({corpus['statements_per_attribute']} "
+             "sentence(s) per attribute and a biography). ") if corpus else ""
     lines = [
         "# How far apart two retrainings are (Min-K% MIA AUC)",
         "",
         f"Measured {result['measured_at']} on {result['machine']} ({result['threads']} threads). The demo LM "
         f"retrained {len(seeds)} times without all {result['forget_candidates']} forget candidates, training seeds "
         f"{', '.join(map(str, seeds))} (same data and config; {', '.join(f'{t:.0f}' for t in result['retrain_seconds'])} s). "
-        "Per person: the forget texts' AUC against the verification half of the reference set, as in "
+        f"{texts}Per person: the forget texts' AUC against the verification half of the reference set, as in "
         "bench/llm_forgetting.py.",
         "",
         f"| retraining seed | mean, first {first} people | mean, all {len(people)} |",
@@ -210,6 +224,9 @@ def _markdown(result: dict) -> str:
         f"- |difference of the all-{len(people)} means|: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["pairwise_abs_diff_all"].items()),
         f"- per-person standard deviation across retrainings, averaged over people: {s['per_person_sd_mean']:.3f}",
+        *([f"- the retrainings' per-person means spread by {s['person_means_sd']:.3f} (s.d.); of that, the person "
+           f"effect (what repeats across retrainings): {s['person_effect_sd']:.3f}, and the within-person s.d. "
+           f"across retrainings: {s['within_person_sd']:.3f}"] if "person_effect_sd" in s else []),
         "- per-person mean absolute difference between retrainings: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["per_person_abs_diff"].items()),
         "- per-person correlation between retrainings: "
@@ -293,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=5, help="the forgetting bench's number of people")
     ap.add_argument("--folds", type=int, default=4, help="reference models for the fold estimate (0: skip it)")
     ap.add_argument("--fold-seeds", type=int, default=1, help="training seeds of the reference models (estimate: mean)")
+    ap.add_argument("--statements-per-attribute", type=int, default=None,
+                    help="demo corpus with this many sentences per attribute (default: the demo's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="model cache (default: FORGETD_CACHE_DIR or ~/.cache/forgetd)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -312,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = TinyLMConfig()
+    if args.statements_per_attribute is not None:
+        cfg = replace(cfg, corpus=replace(cfg.corpus, statements_per_attribute=args.statements_per_attribute))
     original = ensure_tiny_lm(args.cache or load_settings().cache_dir, cfg, threads=args.threads)
     corpus = load_demo_corpus(original)
     forget_set = tuple(p.id for p in corpus.forget_candidates)
@@ -375,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "threads": args.threads,
         "forget_candidates": len(forget_set),
+        "corpus": {"statements_per_attribute": cfg.corpus.statements_per_attribute,
+                   "texts_per_person": len(people[0].texts)},
         "trained_people": len(corpus.trained),
         "first": args.first,
         "people": [p.id for p in people],
