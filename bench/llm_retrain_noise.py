@@ -7,11 +7,13 @@ The forgetting bench (bench/llm_forgetting.py) compares npo-lora's MIA AUC with 
 retrained without the forget candidates, on the mean over the first `--first` people. Here the same
 retraining runs `--seeds` times with different training seeds (same data, same config), and each
 retrained model's per-person AUC is measured exactly as there (forget texts against the verification half
-of the reference set). Reported: every retraining's mean over the first `--first` people and over all
+of the reference set, the halves matched on the original's scores as registration matches them). Reported: every retraining's mean over the first `--first` people and over all
 `--people`, the pairwise differences of those means, the per-person spread across retrainings, and
 per-person correlations. Also measured: a name-swap estimate of the retrained AUC that needs no
 retraining (the person's texts with their name and e-mail replaced by holdout people's, scored by the
-original model), and how well it predicts each retraining's per-person AUC. And an estimate that costs
+original model), and how well it predicts each retraining's per-person AUC. Also one that needs counting
+only: a token bigram model counted on what the retraining trains on, scoring the person's texts against the
+calibration half as Min-K% does. And an estimate that costs
 retraining once per model instead of once per request: `--folds` reference models, each trained without
 one fold of the trained people (fold = sha256 of the person's id modulo `--folds`, training seed 0), so
 that every person is unseen by exactly one of them; a person's estimate is their AUC under that one.
@@ -20,8 +22,8 @@ assignment (sha256 of "seed:id"), and a person's estimate is the mean of their R
 more reference models brings the estimate closer to what a retraining gives.
 Then npo-lora forgets each of the first `--first` people (seed i forgets person i, as in the forgetting
 bench): as shipped (stopping band around 0.5), and with the band centred on the person's estimate instead
-(the one-model estimate and, with R above 1, the R-model one; the recipe's StopCheck, shifted here;
-verification in the pipeline would still judge 0.5).
+(the one-model estimate, with R above 1 the R-model one, and the bigram estimate; the recipe's StopCheck,
+shifted here; verification in the pipeline would still judge 0.5).
 `--statements-per-attribute N` builds the demo corpus with N paraphrased sentences per attribute instead of
 the demo's one (a different model, and different people drawn): whether more texts per person make a
 person's AUC under a retraining less person-specific. The spread of the retrainings' per-person means splits
@@ -36,6 +38,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -46,6 +49,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 SWAPS = 6  # holdout people whose name and e-mail stand in for the forgotten person's, per estimate
+BIGRAM_ALPHA = 0.1  # of 0.01, 0.1 and 1 (AMD EPYC, 2026-12-07): correlations 0.59, 0.66 and 0.62 with three retrainings' mean
 
 
 def _per_person_auc(model, tokenizer, forget: list) -> list[float]:
@@ -78,6 +82,36 @@ def _name_swap_estimates(model, tokenizer, corpus, people, forget: list) -> list
             for stand_in in corpus.holdout[:SWAPS]
         ))
     return out
+
+
+def _bigram_estimates(tokenizer, documents: list[str], forget: list, alpha: float = BIGRAM_ALPHA) -> list[float]:
+    """Each person's AUC (calibration half) under a token bigram model counted on `documents` (what the
+    retraining trains on), smoothed towards the unigram with weight `alpha` per vocabulary entry, Min-K% as
+    verification scores (k = 0.4): an estimate that needs counting, not training."""
+    from collections import Counter
+
+    from forgetd.verify.causal_lm import auc
+
+    unigrams, bigrams = Counter(), Counter()
+    for ids in tokenizer(documents)["input_ids"]:
+        unigrams.update(ids)
+        bigrams.update(zip(ids, ids[1:]))
+    total, vocab = sum(unigrams.values()), len(tokenizer)
+
+    def score(text: str, k: float = 0.4) -> float:
+        ids = tokenizer(text)["input_ids"]
+        lps = sorted(
+            math.log((bigrams[(a, b)] + alpha * vocab * (unigrams[b] + alpha) / (total + alpha * vocab))
+                     / (unigrams[a] + alpha * vocab))
+            for a, b in zip(ids, ids[1:])
+        )
+        lowest = lps[: max(1, int(len(lps) * k))]
+        return sum(lowest) / len(lowest)
+
+    return [
+        auc([score(t) for t in data.forget_texts], [score(t) for t in data.calibration_half().reference_texts])
+        for data in forget
+    ]
 
 
 def _fold(person_id: str, folds: int, seed: int = 0) -> int:
@@ -209,7 +243,8 @@ def _markdown(result: dict) -> str:
         f"retrained {len(seeds)} times without all {result['forget_candidates']} forget candidates, training seeds "
         f"{', '.join(map(str, seeds))} (same data and config; {', '.join(f'{t:.0f}' for t in result['retrain_seconds'])} s). "
         f"{texts}Per person: the forget texts' AUC against the verification half of the reference set, as in "
-        "bench/llm_forgetting.py.",
+        "bench/llm_forgetting.py"
+        + (f" (halves {result['reference_halves']})." if "reference_halves" in result else " (alternating halves)."),
         "",
         f"| retraining seed | mean, first {first} people | mean, all {len(people)} |",
         "|---|---|---|",
@@ -244,6 +279,21 @@ def _markdown(result: dict) -> str:
         + ", ".join(f"seed {k}: {v:.3f}" for k, v in s["constant_half_mean_abs_err"].items()),
         "",
     ]
+    bigram = result.get("bigram_summary")
+    if bigram:
+        lines += [
+            "## A counting estimate: a bigram model",
+            "",
+            "Token bigrams counted on what the retraining trains on (no training; smoothed towards the unigram, "
+            f"α = {BIGRAM_ALPHA}); Min-K% scores (k = 0.4) against the calibration half of the reference set. "
+            "Compared with each retraining and with the retrainings' per-person mean:",
+            "",
+            f"- correlation: {_by_gold(bigram['corr'], '.2f')}",
+            f"- mean absolute error: {_by_gold(bigram['mean_abs_err'], '.3f')}",
+            f"- mean over the first {first} people: {bigram['mean_first']:.3f}; distance from the retrainings' "
+            f"first-{first} means: {_by_gold(bigram['abs_diff_first'], '.3f')}",
+            "",
+        ]
     folds = result.get("folds")
     if folds:
         n_models = folds["folds"] * folds["fold_seeds"]
@@ -274,7 +324,7 @@ def _markdown(result: dict) -> str:
         lines += [
             "",
             f"npo-lora forgetting each of the first {first} people (seed i forgets person i; verification half), with "
-            "its stopping band around 0.5 as shipped, and centred on the person's reference-model estimate:",
+            "its stopping band around 0.5 as shipped, and centred on the person's reference-model and bigram estimates:",
             "",
             "| npo-lora | MIA AUC: mean (per person) | forget QA | retain QA | distance from the retrainings' mean |",
             "|---|---|---|---|---|",
@@ -288,7 +338,7 @@ def _markdown(result: dict) -> str:
                 f"{_by_gold(folds['npo_lora_abs_diff_first'][name], '.3f')} |"
             )
         lines.append("")
-    columns = ["name-swap estimate"]
+    columns = ["name-swap estimate", *(["bigram estimate"] if "bigram" in result else [])]
     if folds:
         columns.append(f"reference-model estimate ({folds['folds'] * folds['fold_seeds']} models)")
     lines += [
@@ -297,6 +347,8 @@ def _markdown(result: dict) -> str:
     ]
     for i, person in enumerate(people):
         values = [f"{result['per_seed'][str(k)][i]:.3f}" for k in seeds] + [f"{result['name_swap'][i]:.3f}"]
+        if "bigram" in result:
+            values.append(f"{result['bigram'][i]:.3f}")
         if folds:
             values.append(f"{folds['estimate'][i]:.3f}")
         lines.append(f"| {person} | {' | '.join(values)} |")
@@ -343,9 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         dataset = load_dataset_file(write_corpus_dataset(corpus, work / "dataset.json"))
-        forget = [causal_lm.forget_data(dataset, [{"corpus_ids": [p.id]}]) for p in people]
         with torch.no_grad():
-            estimate = _name_swap_estimates(causal_lm.load_model(original).eval(), tokenizer, corpus, people, forget)
+            model = causal_lm.load_model(original).eval()
+            # as registration and bench/llm_forgetting.py do: reference halves matched on the original's scores
+            dataset = causal_lm.with_matched_reference_split(dataset, model, tokenizer)
+            forget = [causal_lm.forget_data(dataset, [{"corpus_ids": [p.id]}]) for p in people]
+            estimate = _name_swap_estimates(model, tokenizer, corpus, people, forget)
+            del model
+        bigram = _bigram_estimates(tokenizer, corpus.training_documents(exclude=forget_set), forget)
         for seed in range(args.seeds):
             started = time.perf_counter()
             train_tiny_lm(replace(cfg, exclude_ids=forget_set, seed=seed), work / f"retrained-{seed}", threads=args.threads)
@@ -369,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             estimates = {f"centred on the estimate ({args.folds} models)": by_seed["0"]}
             if args.fold_seeds > 1:
                 estimates[f"centred on the estimate ({n_models} models)"] = averaged
+            estimates["centred on the bigram estimate"] = bigram
             npo = _npo_runs(original, tokenizer, people[: args.first], forget, estimates)
             # the retrainings' per-person mean: the closest thing here to what "a retraining" gives
             gold = {**per_seed, "mean": [statistics.mean(v[i] for v in per_seed.values()) for i in range(len(people))]}
@@ -396,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "threads": args.threads,
         "forget_candidates": len(forget_set),
+        "reference_halves": "matched on the original's Min-K% scores",
         "corpus": {"statements_per_attribute": cfg.corpus.statements_per_attribute,
                    "texts_per_person": len(people[0].texts)},
         "trained_people": len(corpus.trained),
@@ -404,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         "retrain_seconds": seconds,
         "per_seed": per_seed,
         "name_swap": estimate,
+        "bigram": bigram,
         "summary": _summary(per_seed, estimate, args.first),
+        "bigram_summary": _estimate_summary(
+            bigram, {**per_seed, "mean": [statistics.mean(v[i] for v in per_seed.values()) for i in range(len(people))]},
+            args.first,
+        ),
         "folds": folds,
     }
     args.out.mkdir(parents=True, exist_ok=True)
