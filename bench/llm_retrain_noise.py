@@ -87,10 +87,10 @@ def _name_swap_estimates(model, tokenizer, corpus, people, forget: list) -> list
 def _bigram_estimates(tokenizer, documents: list[str], forget: list, alpha: float = BIGRAM_ALPHA) -> list[float]:
     """Each person's AUC (calibration half) under a token bigram model counted on `documents` (what the
     retraining trains on), smoothed towards the unigram with weight `alpha` per vocabulary entry, Min-K% as
-    verification scores (k = 0.4): an estimate that needs counting, not training."""
+    verification scores it: an estimate that needs counting, not training."""
     from collections import Counter
 
-    from forgetd.verify.causal_lm import auc
+    from forgetd.verify.causal_lm import auc, min_k_score
 
     unigrams, bigrams = Counter(), Counter()
     for ids in tokenizer(documents)["input_ids"]:
@@ -98,15 +98,13 @@ def _bigram_estimates(tokenizer, documents: list[str], forget: list, alpha: floa
         bigrams.update(zip(ids, ids[1:]))
     total, vocab = sum(unigrams.values()), len(tokenizer)
 
-    def score(text: str, k: float = 0.4) -> float:
+    def score(text: str) -> float:
         ids = tokenizer(text)["input_ids"]
-        lps = sorted(
+        return min_k_score([
             math.log((bigrams[(a, b)] + alpha * vocab * (unigrams[b] + alpha) / (total + alpha * vocab))
                      / (unigrams[a] + alpha * vocab))
             for a, b in zip(ids, ids[1:])
-        )
-        lowest = lps[: max(1, int(len(lps) * k))]
-        return sum(lowest) / len(lowest)
+        ])
 
     return [
         auc([score(t) for t in data.forget_texts], [score(t) for t in data.calibration_half().reference_texts])
@@ -233,18 +231,16 @@ def _by_gold(values: dict[str, float], fmt: str) -> str:
 def _markdown(result: dict) -> str:
     s, first, people = result["summary"], result["first"], result["people"]
     seeds = sorted(int(k) for k in result["per_seed"])
-    corpus = result.get("corpus")
-    texts = (f"Corpus: {corpus['texts_per_person']} texts per person ({corpus['statements_per_attribute']} "
-             "sentence(s) per attribute and a biography). ") if corpus else ""
+    corpus, bigram = result["corpus"], result["bigram_summary"]
     lines = [
         "# How far apart two retrainings are (Min-K% MIA AUC)",
         "",
         f"Measured {result['measured_at']} on {result['machine']} ({result['threads']} threads). The demo LM "
         f"retrained {len(seeds)} times without all {result['forget_candidates']} forget candidates, training seeds "
         f"{', '.join(map(str, seeds))} (same data and config; {', '.join(f'{t:.0f}' for t in result['retrain_seconds'])} s). "
-        f"{texts}Per person: the forget texts' AUC against the verification half of the reference set, as in "
-        "bench/llm_forgetting.py"
-        + (f" (halves {result['reference_halves']})." if "reference_halves" in result else " (alternating halves)."),
+        f"Corpus: {corpus['texts_per_person']} texts per person ({corpus['statements_per_attribute']} sentence(s) "
+        "per attribute and a biography). Per person: the forget texts' AUC against the verification half of the "
+        f"reference set, as in bench/llm_forgetting.py (halves {result['reference_halves']}).",
         "",
         f"| retraining seed | mean, first {first} people | mean, all {len(people)} |",
         "|---|---|---|",
@@ -259,9 +255,9 @@ def _markdown(result: dict) -> str:
         f"- |difference of the all-{len(people)} means|: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["pairwise_abs_diff_all"].items()),
         f"- per-person standard deviation across retrainings, averaged over people: {s['per_person_sd_mean']:.3f}",
-        *([f"- the retrainings' per-person means spread by {s['person_means_sd']:.3f} (s.d.); of that, the person "
-           f"effect (what repeats across retrainings): {s['person_effect_sd']:.3f}, and the within-person s.d. "
-           f"across retrainings: {s['within_person_sd']:.3f}"] if "person_effect_sd" in s else []),
+        f"- the retrainings' per-person means spread by {s['person_means_sd']:.3f} (s.d.); of that, the person "
+        f"effect (what repeats across retrainings): {s['person_effect_sd']:.3f}, and the within-person s.d. "
+        f"across retrainings: {s['within_person_sd']:.3f}",
         "- per-person mean absolute difference between retrainings: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in s["per_person_abs_diff"].items()),
         "- per-person correlation between retrainings: "
@@ -279,21 +275,19 @@ def _markdown(result: dict) -> str:
         + ", ".join(f"seed {k}: {v:.3f}" for k, v in s["constant_half_mean_abs_err"].items()),
         "",
     ]
-    bigram = result.get("bigram_summary")
-    if bigram:
-        lines += [
-            "## A counting estimate: a bigram model",
-            "",
-            "Token bigrams counted on what the retraining trains on (no training; smoothed towards the unigram, "
-            f"α = {BIGRAM_ALPHA}); Min-K% scores (k = 0.4) against the calibration half of the reference set. "
-            "Compared with each retraining and with the retrainings' per-person mean:",
-            "",
-            f"- correlation: {_by_gold(bigram['corr'], '.2f')}",
-            f"- mean absolute error: {_by_gold(bigram['mean_abs_err'], '.3f')}",
-            f"- mean over the first {first} people: {bigram['mean_first']:.3f}; distance from the retrainings' "
-            f"first-{first} means: {_by_gold(bigram['abs_diff_first'], '.3f')}",
-            "",
-        ]
+    lines += [
+        "## A counting estimate: a bigram model",
+        "",
+        "Token bigrams counted on what the retraining trains on (no training; smoothed towards the unigram, "
+        f"α = {BIGRAM_ALPHA}); Min-K% scores (k = 0.4) against the calibration half of the reference set. "
+        "Compared with each retraining and with the retrainings' per-person mean:",
+        "",
+        f"- correlation: {_by_gold(bigram['corr'], '.2f')}",
+        f"- mean absolute error: {_by_gold(bigram['mean_abs_err'], '.3f')}",
+        f"- mean over the first {first} people: {bigram['mean_first']:.3f}; distance from the retrainings' "
+        f"first-{first} means: {_by_gold(bigram['abs_diff_first'], '.3f')}",
+        "",
+    ]
     folds = result.get("folds")
     if folds:
         n_models = folds["folds"] * folds["fold_seeds"]
@@ -338,7 +332,7 @@ def _markdown(result: dict) -> str:
                 f"{_by_gold(folds['npo_lora_abs_diff_first'][name], '.3f')} |"
             )
         lines.append("")
-    columns = ["name-swap estimate", *(["bigram estimate"] if "bigram" in result else [])]
+    columns = ["name-swap estimate", "bigram estimate"]
     if folds:
         columns.append(f"reference-model estimate ({folds['folds'] * folds['fold_seeds']} models)")
     lines += [
@@ -346,9 +340,8 @@ def _markdown(result: dict) -> str:
         "|---|" + "---|" * (len(seeds) + len(columns)),
     ]
     for i, person in enumerate(people):
-        values = [f"{result['per_seed'][str(k)][i]:.3f}" for k in seeds] + [f"{result['name_swap'][i]:.3f}"]
-        if "bigram" in result:
-            values.append(f"{result['bigram'][i]:.3f}")
+        values = [f"{result['per_seed'][str(k)][i]:.3f}" for k in seeds]
+        values += [f"{result['name_swap'][i]:.3f}", f"{result['bigram'][i]:.3f}"]
         if folds:
             values.append(f"{folds['estimate'][i]:.3f}")
         lines.append(f"| {person} | {' | '.join(values)} |")
@@ -412,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 per_seed[str(seed)] = _per_person_auc(model, tokenizer, forget)
             print(f"[retrained seed {seed}] {seconds[-1]:.1f}s  first {args.first}: "
                   f"{statistics.mean(per_seed[str(seed)][: args.first]):.3f}", flush=True)
+        # the retrainings' per-person mean: the closest thing here to what "a retraining" gives
+        gold = {**per_seed, "mean": [statistics.mean(v[i] for v in per_seed.values()) for i in range(len(people))]}
         folds = None
         if args.folds:
             by_seed: dict[str, list[float]] = {}
@@ -428,8 +423,6 @@ def main(argv: list[str] | None = None) -> int:
                 estimates[f"centred on the estimate ({n_models} models)"] = averaged
             estimates["centred on the bigram estimate"] = bigram
             npo = _npo_runs(original, tokenizer, people[: args.first], forget, estimates)
-            # the retrainings' per-person mean: the closest thing here to what "a retraining" gives
-            gold = {**per_seed, "mean": [statistics.mean(v[i] for v in per_seed.values()) for i in range(len(people))]}
             folds = {
                 "npo_lora": npo,
                 "npo_lora_abs_diff_first": {
@@ -465,10 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "name_swap": estimate,
         "bigram": bigram,
         "summary": _summary(per_seed, estimate, args.first),
-        "bigram_summary": _estimate_summary(
-            bigram, {**per_seed, "mean": [statistics.mean(v[i] for v in per_seed.values()) for i in range(len(people))]},
-            args.first,
-        ),
+        "bigram_summary": _estimate_summary(bigram, gold, args.first),
         "folds": folds,
     }
     args.out.mkdir(parents=True, exist_ok=True)

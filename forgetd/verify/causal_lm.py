@@ -123,12 +123,14 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
     return out
 
 
+def min_k_score(logprobs: Sequence[float], *, k: float = 0.4) -> float:
+    """Mean of the lowest fraction `k` of a text's token log-probabilities (at least one)."""
+    lowest = sorted(logprobs)[: max(1, int(len(logprobs) * k))]
+    return sum(lowest) / len(lowest)
+
+
 def min_k_scores(model, tokenizer, texts: Sequence[str], *, k: float = 0.4) -> list[float]:
-    scores = []
-    for lps in token_logprobs(model, tokenizer, texts):
-        lowest = sorted(lps)[: max(1, int(len(lps) * k))]
-        scores.append(sum(lowest) / len(lowest))
-    return scores
+    return [min_k_score(lps, k=k) for lps in token_logprobs(model, tokenizer, texts)]
 
 
 def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
