@@ -56,7 +56,7 @@ def _metrics(model, tokenizer, data) -> dict[str, float]:
     from forgetd.verify.causal_lm import evaluate
 
     m = evaluate(model, tokenizer, data, include_verbmem=True)
-    return {k: m[k] for k in ("forget_qa_acc", "verbmem", "mia_auc", "retain_qa_acc", "reference_ppl")}
+    return {k: m[k] for k in ("forget_qa_acc", "verbmem", "mia_auc", "mia_auc_unseen", "retain_qa_acc", "reference_ppl")}
 
 
 def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: float, corpus, dataset) -> dict:
@@ -116,10 +116,11 @@ def _wide(args, original_dir: Path, retrained_dir: Path, corpus, dataset, rows: 
     people = [p.id for p in corpus.forget_candidates][: args.wide]
     tokenizer = causal_lm.load_tokenizer(original_dir)
     retrained = causal_lm.load_model(retrained_dir)
-    out = {"people": people, "retrained": [], "npo-lora": []}
+    out = {"people": people, "retrained": [], "npo-lora": [], "unseen_estimate": []}
     for seed, person in enumerate(people):
         data = causal_lm.forget_data(dataset, [{"corpus_ids": [person]}])
         judge = data.verification_half()
+        out["unseen_estimate"].append(judge.unseen_mia_auc(tokenizer))
         if seed < len(rows.get("npo-lora", [])):
             out["retrained"].append(rows["retrained"][seed]["mia_auc"])
             out["npo-lora"].append(rows["npo-lora"][seed]["mia_auc"])
@@ -128,7 +129,7 @@ def _wide(args, original_dir: Path, retrained_dir: Path, corpus, dataset, rows: 
             out["retrained"].append(_metrics(retrained, tokenizer, judge)["mia_auc"])
         out["npo-lora"].append(_train_and_measure("npo-lora", seed, original_dir, tokenizer, data, judge)[0]["mia_auc"])
         print(f"[wide {seed} {person}] retrained {out['retrained'][-1]:.3f} npo-lora {out['npo-lora'][-1]:.3f}", flush=True)
-    for key in ("retrained", "npo-lora"):
+    for key in ("retrained", "npo-lora", "unseen_estimate"):
         out[key + "_mean"] = statistics.fmean(out[key])
         out[key + "_sd"] = statistics.pstdev(out[key])
     out["abs_diff_of_means"] = abs(out["npo-lora_mean"] - out["retrained_mean"])
@@ -139,7 +140,7 @@ def _summary(rows: dict[str, list[dict]], retrain_seconds: float) -> list[dict]:
     table = []
     for name, runs in rows.items():
         row = {"method": name, "runs": len(runs)}
-        for key in ("forget_qa_acc", "verbmem", "mia_auc", "retain_qa_acc", "reference_ppl", "seconds"):
+        for key in ("forget_qa_acc", "verbmem", "mia_auc", "mia_auc_unseen", "retain_qa_acc", "reference_ppl", "seconds"):
             values = [r[key] for r in runs if key in r]
             if values:
                 row[key] = statistics.fmean(values)
@@ -161,12 +162,28 @@ def _targets(rows: dict[str, list[dict]], table: list[dict]) -> dict:
         "forget_qa_target_points": 5.0,
         "mia_auc_abs_diff_vs_retrained": abs(npo["mia_auc"] - gold["mia_auc"]),
         "mia_auc_abs_diff_per_seed": per_seed_mia,
+        "mia_auc_unseen_per_seed": [r["mia_auc_unseen"] for r in rows["npo-lora"]],
+        "retrained_mia_auc_per_seed": [r["mia_auc"] for r in rows["retrained"]],
+        "npo_mia_auc_per_seed": [r["mia_auc"] for r in rows["npo-lora"]],
         "mia_target": 0.05,
         "retain_ratio_vs_original": npo["retain_qa_acc"] / orig["retain_qa_acc"],
         "retain_target": 0.95,
         "pct_of_retraining": npo["pct_of_retraining"],
         "time_target_pct": 5.0,
     }
+
+
+def _centre_lines(t: dict) -> list[str]:
+    """Where npo-lora aimed: the estimated AUC of a model that never saw the person (verify.unseen_estimate)."""
+    if "mia_auc_unseen_per_seed" not in t:
+        return []
+    est = t["mia_auc_unseen_per_seed"]
+    return [
+        f"- npo-lora's MIA band is centred on the estimated unseen AUC (verify.unseen_estimate; verification half): "
+        f"mean {statistics.fmean(est):.3f}; per seed "
+        + ", ".join(f"{e:.2f} (npo-lora {n:.2f}, retrained {r:.2f})"
+                    for e, n, r in zip(est, t["npo_mia_auc_per_seed"], t["retrained_mia_auc_per_seed"]))
+    ]
 
 
 def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: Path) -> dict:
@@ -206,6 +223,7 @@ def _sequential(args, original_dir: Path, dataset_path: Path, corpus, workdir: P
             "max_completed_forget_qa": max((measured["people"][p]["forget_qa_acc"] for p in completed), default=0.0),
             "forget_qa_by_person": {p: measured["people"][p]["forget_qa_acc"] for p in so_far},
             "mia_auc_by_person": {p: measured["people"][p]["mia_auc"] for p in so_far},
+            "mia_auc_unseen_by_person": {p: measured["people"][p]["mia_auc_unseen"] for p in so_far},
             "elapsed_seconds": time.perf_counter() - started,
         }
         print(f"[sequential {label}/{n}] {step}", flush=True)
@@ -293,6 +311,7 @@ def _markdown(result: dict) -> str:
             f"- forget QA − retrained: {t['forget_qa_over_retrained_points']:+.1f} points (target ≤ +5)",
             f"- |MIA AUC − retrained's|: {t['mia_auc_abs_diff_vs_retrained']:.3f} (target ≤ 0.05); per seed "
             + ", ".join(f"{v:.3f}" for v in t["mia_auc_abs_diff_per_seed"]),
+            *_centre_lines(t),
             f"- retain QA / original: {t['retain_ratio_vs_original']:.3f} (target ≥ 0.95)",
             f"- time: {t['pct_of_retraining']:.2f}% of retraining (target ≤ 5%)",
         ]
@@ -309,6 +328,10 @@ def _markdown(result: dict) -> str:
             "- per person, retrained: " + ", ".join(f"{v:.2f}" for v in wide["retrained"]),
             "- per person, npo-lora: " + ", ".join(f"{v:.2f}" for v in wide["npo-lora"]),
         ]
+        if "unseen_estimate" in wide:
+            lines += ["- per person, the estimate npo-lora's band is centred on: "
+                      + ", ".join(f"{v:.2f}" for v in wide["unseen_estimate"])
+                      + f" (mean {wide['unseen_estimate_mean']:.3f})"]
     seq = result.get("sequential")
     if seq:
         lines += ["", f"## Sequential: {len(seq['steps'])} people, one request at a time through composition", "",
@@ -328,11 +351,19 @@ def _markdown(result: dict) -> str:
                          f"| {s['retain_ratio']:.3f} | {s.get('completed', '-')} "
                          f"| {s.get('max_completed_forget_qa', float('nan')):.3f} | {s['max_earlier_forget_qa']:.3f} |")
         last = rows[-1]
-        aucs = [auc for p, auc in last["mia_auc_by_person"].items() if last["forget_qa_by_person"][p] == 0.0]
+        forgotten = [p for p in last["mia_auc_by_person"] if last["forget_qa_by_person"][p] == 0.0]
+        aucs = [last["mia_auc_by_person"][p] for p in forgotten]
         if aucs:
-            lines += ["", f"Min-K% MIA AUC of the last served checkpoint (v{last['served_version']}) on the {len(aucs)} "
-                      f"people it answers nothing about, verification half: {min(aucs):.2f} to {max(aucs):.2f} "
-                      "(policy bound: within 0.10 of 0.5)."]
+            line = (f"Min-K% MIA AUC of the last served checkpoint (v{last['served_version']}) on the {len(aucs)} "
+                    f"people it answers nothing about, verification half: {min(aucs):.2f} to {max(aucs):.2f}")
+            unseen = last.get("mia_auc_unseen_by_person")
+            if unseen:
+                dev = [last["mia_auc_by_person"][p] - unseen[p] for p in forgotten]
+                line += (f"; minus each person's estimated unseen AUC: {min(dev):+.2f} to {max(dev):+.2f} "
+                         "(policy bound: within 0.10 of the estimate).")
+            else:
+                line += " (policy bound: within 0.10 of 0.5)."
+            lines += ["", line]
     return "\n".join(lines) + "\n"
 
 

@@ -21,9 +21,10 @@ With `--fold-seeds R` above 1, that is repeated with training seeds 1..R-1, each
 assignment (sha256 of "seed:id"), and a person's estimate is the mean of their R AUCs: whether averaging
 more reference models brings the estimate closer to what a retraining gives.
 Then npo-lora forgets each of the first `--first` people (seed i forgets person i, as in the forgetting
-bench): as shipped (stopping band around 0.5), and with the band centred on the person's estimate instead
-(the one-model estimate, with R above 1 the R-model one, and the bigram estimate; the recipe's StopCheck,
-shifted here; verification in the pipeline would still judge 0.5).
+bench): as shipped (stopping band centred on the recipe's own counting estimate, verify.unseen_estimate,
+which is the bigram estimate here with one person left out instead of all of them), and with the band
+centred instead on the person's reference-model estimate (with R above 1 the R-model one) and on 0.5 (what
+npo-lora did before the counting estimate).
 `--statements-per-attribute N` builds the demo corpus with N paraphrased sentences per attribute instead of
 the demo's one (a different model, and different people drawn): whether more texts per person make a
 person's AUC under a retraining less person-specific. The spread of the retrainings' per-person means splits
@@ -144,23 +145,21 @@ def _fold_estimates(cfg, corpus, people, forget: list, tokenizer, folds: int, wo
 
 
 def _centred_stop_check(centre: float):
-    """npo-lora's StopCheck, judging the new request's AUC against `centre` instead of 0.5."""
+    """npo-lora's StopCheck with its band centred on `centre` instead of the recipe's own estimate."""
     from forgetd.training.common import StopCheck
 
-    class CentredStopCheck(StopCheck):
-        def measure(self, model, tokenizer):
-            measured = super().measure(model, tokenizer)
-            measured["mia_auc"] -= centre - 0.5
-            return measured
+    def make(**kw):
+        return StopCheck(**{**kw, "mia_centre": centre})
 
-    return CentredStopCheck
+    return make
 
 
 def _npo_runs(
     original: Path, tokenizer, people, forget: list, estimates: dict[str, list[float]]
 ) -> dict[str, list[dict]]:
-    """npo-lora on each person (seed i forgets person i), as shipped and centred on each of `estimates`
-    (by name); metrics on the verification half, as in bench/llm_forgetting.py."""
+    """npo-lora on each person (seed i forgets person i), as shipped (centred on its counting estimate,
+    verify.unseen_estimate) and centred on each of `estimates` (by name); metrics on the verification
+    half, as in bench/llm_forgetting.py."""
     from llm_forgetting import _train_and_measure  # this script's directory is on sys.path
 
     from forgetd.training.recipes import npo_lora
@@ -318,7 +317,8 @@ def _markdown(result: dict) -> str:
         lines += [
             "",
             f"npo-lora forgetting each of the first {first} people (seed i forgets person i; verification half), with "
-            "its stopping band around 0.5 as shipped, and centred on the person's reference-model and bigram estimates:",
+            "its stopping band as shipped (centred on its counting estimate), centred on the person's reference-model "
+            "estimate, and centred on 0.5 (as before the counting estimate):",
             "",
             "| npo-lora | MIA AUC: mean (per person) | forget QA | retain QA | distance from the retrainings' mean |",
             "|---|---|---|---|---|",
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             estimates = {f"centred on the estimate ({args.folds} models)": by_seed["0"]}
             if args.fold_seeds > 1:
                 estimates[f"centred on the estimate ({n_models} models)"] = averaged
-            estimates["centred on the bigram estimate"] = bigram
+            estimates["centred on 0.5 (before the counting estimate)"] = [0.5] * len(people)
             npo = _npo_runs(original, tokenizer, people[: args.first], forget, estimates)
             folds = {
                 "npo_lora": npo,

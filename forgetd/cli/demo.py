@@ -64,11 +64,13 @@ def _print_llm(llm: dict) -> None:
             "forgotten": person,
             "forget_qa": f"{b['forget_qa_acc']:.2f} -> {a['forget_qa_acc']:.2f}",
             "mia_auc": f"{b['mia_auc']:.2f} -> {a['mia_auc']:.2f}",
+            "mia_target": f"{a['mia_auc_unseen']:.2f}",
         })
-    emit_table(rows, ["forgotten", "forget_qa", "mia_auc"])
+    emit_table(rows, ["forgotten", "forget_qa", "mia_auc", "mia_target"])
     click.echo(
         f"retain QA {before['retain_qa_acc']:.3f} -> {after['retain_qa_acc']:.3f}; "
-        f"reference (never trained) QA {before['reference_qa_acc']:.3f}; MIA target 0.5"
+        f"reference (never trained) QA {before['reference_qa_acc']:.3f}; MIA target: the AUC a model that "
+        "never saw the person is estimated to give"
     )
     for r in llm["requests"]:
         if r["status"] != "completed":

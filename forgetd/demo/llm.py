@@ -9,8 +9,10 @@ from typing import Any, Callable
 from forgetd import api
 
 
-def _measure(ctx, model: str, version: int, people: list[str]) -> dict[str, Any]:
-    """Forget-set metrics per person and retain accuracy, on one checkpoint of the demo model."""
+def _measure(ctx, model: str, version: int, people: list[str], *, requested: list[str] | None = None) -> dict[str, Any]:
+    """Forget-set metrics per person and retain accuracy, on one checkpoint of the demo model. `requested`
+    (default `people`): everyone with a request, whom the estimate of an unseen person's MIA AUC counts
+    without, as the pipeline leaves out every request's records."""
     from sqlalchemy import select
 
     from forgetd import pipeline
@@ -26,13 +28,15 @@ def _measure(ctx, model: str, version: int, people: list[str]) -> dict[str, Any]
         weights = pipeline.checkpoint_dir(ctx, checkpoint)
         dataset = pipeline._dataset(ctx, m)
     lm, tokenizer = causal_lm.load_model(weights), causal_lm.load_tokenizer(weights)
-    data = causal_lm.forget_data(dataset, [{"corpus_ids": people}]).verification_half()
+    requested = set(requested or people)
+    data = causal_lm.forget_data(dataset, [{"corpus_ids": people}], exclude_from_retain=requested).verification_half()
     per_person = {}
     for person in people:
-        one = causal_lm.forget_data(dataset, [{"corpus_ids": [person]}]).verification_half()
+        one = causal_lm.forget_data(dataset, [{"corpus_ids": [person]}], exclude_from_retain=requested).verification_half()
         per_person[person] = {
             "forget_qa_acc": qa_accuracy(lm, tokenizer, one.forget_qa),
             "mia_auc": mia_auc(lm, tokenizer, one.forget_texts, one.reference_texts),
+            "mia_auc_unseen": one.unseen_mia_auc(tokenizer),
         }
     return {
         "people": per_person,
@@ -75,15 +79,15 @@ def _before_after(ctx, model: str, version: int, requests: dict[str, str]) -> tu
     people = list(requests)
     recorded = _recorded(ctx, model, version, requests) or {}
     missing = [p for p in people if p not in recorded]
-    measured_before = _measure(ctx, model, 0, missing) if missing else None
-    measured_after = _measure(ctx, model, version, missing) if missing else None
+    measured_before = _measure(ctx, model, 0, missing, requested=people) if missing else None
+    measured_after = _measure(ctx, model, version, missing, requested=people) if missing else None
     tables = []
     for side, measured in (("original", measured_before), ("metrics", measured_after)):
         per_person = {}
         for person in people:
             if person in recorded:
                 metrics = recorded[person][side]
-                per_person[person] = {"forget_qa_acc": metrics["forget_qa_acc"], "mia_auc": metrics["mia_auc"]}
+                per_person[person] = {key: metrics[key] for key in ("forget_qa_acc", "mia_auc", "mia_auc_unseen")}
             else:
                 per_person[person] = measured["people"][person]
         source = recorded[next(iter(recorded))][side] if recorded else measured

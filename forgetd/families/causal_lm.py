@@ -124,6 +124,24 @@ class ForgetData:
     def retain_documents(self) -> list[str]:
         return self.retain_texts + [format_qa(q, a) for q, a in self.retain_qa]
 
+    def training_documents(self) -> list[str]:
+        """What a model retrained without every record being forgotten would train on."""
+        return self.retain_documents() + self.general_texts
+
+    def unseen_mia_auc(self, tokenizer) -> float:
+        """The forget texts' MIA AUC against these reference texts that a model retrained without them would
+        give, estimated by counting (verify.unseen_estimate): where forgetting aims, and what it is judged by."""
+        from forgetd.verify.unseen_estimate import unseen_auc
+
+        return unseen_auc(tokenizer, self.training_documents(), self.forget_texts, self.reference_texts)
+
+    def forgotten_unseen_mia_aucs(self, tokenizer) -> list[float]:
+        """`unseen_mia_auc` of each earlier request in `forgotten`."""
+        from forgetd.verify.unseen_estimate import unseen_auc
+
+        documents = self.training_documents()
+        return [unseen_auc(tokenizer, documents, texts, self.reference_texts) for texts, _ in self.forgotten]
+
 
 def _resolve(dataset, payloads: list[dict[str, Any]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """(record ids, texts, QA) the payloads ask to forget: their raw texts, then their records' texts and QA."""

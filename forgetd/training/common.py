@@ -128,11 +128,12 @@ def check_loss(loss, *, step: int, limit: float) -> float:
 @dataclass
 class StopCheck:
     """Stop once the forget set looks like the calibration half of the reference set: QA accuracy no
-    higher than the reference's (plus a margin) and Min-K% MIA AUC no higher than 0.5 (plus a margin).
+    higher than the reference's (plus a margin) and Min-K% MIA AUC within a margin of `mia_centre`: the AUC a
+    model that never saw the forget set would give it (verify.unseen_estimate; 0.5 when not estimated).
 
     `kept` holds (texts, QA) of requests the starting checkpoint already forgets. Each is judged by the
     same criterion against the same reference scores, in both directions, because verification bounds
-    |AUC − 0.5|: one that has drifted back (`last_revived`: answers or familiarity back) or sunk below the
+    |AUC − its estimate|: one that has drifted back (`last_revived`: answers or familiarity back) or sunk below the
     band (`last_sunk`: less familiar than unseen people, which gives it away just as well) blocks stopping
     until the recipe has moved it back into the band. With `retain_qa`, stopping also waits until accuracy
     on that sample reaches `retain_floor`."""
@@ -160,6 +161,10 @@ class StopCheck:
     # people's; a step that moves their scores by enough to bring an AUC this far from the band back into
     # it is far from what the retain term allows. Never with earlier requests held: they sit in the band.
     reuse_reference_above: float = 1.0
+    # where the band sits: the estimated AUC of the new request's texts, and of each kept group's, under a
+    # model that never saw them (verification judges the same distance, on the other reference half)
+    mia_centre: float = 0.5
+    kept_centres: Sequence[float] = ()
     _reference: list[float] | None = field(default=None, init=False, repr=False)
 
     def measure(self, model, tokenizer) -> dict[str, float]:
@@ -194,11 +199,11 @@ class StopCheck:
                 ))
             self.last_revived = [
                 i for i, (qa_acc, mia) in enumerate(verdicts[1:])
-                if qa_acc > self.reference_qa_acc + self.qa_margin or mia > 0.5 + self._kept_margin
+                if qa_acc > self.reference_qa_acc + self.qa_margin or mia > self.kept_centre(i) + self._kept_margin
             ]
             self.last_sunk = [
                 i for i, (_, mia) in enumerate(verdicts[1:])
-                if mia < 0.5 - self._kept_margin and i not in self.last_revived
+                if mia < self.kept_centre(i) - self._kept_margin and i not in self.last_revived
             ]
             measured = {"forget_qa_acc": verdicts[0][0], "mia_auc": verdicts[0][1]}
             if reused:
@@ -213,6 +218,9 @@ class StopCheck:
         finally:
             model.train(was_training)
 
+    def kept_centre(self, group: int) -> float:
+        return self.kept_centres[group] if group < len(self.kept_centres) else 0.5
+
     @property
     def _kept_margin(self) -> float:
         return self.mia_margin if self.kept_mia_margin is None else self.kept_mia_margin
@@ -220,7 +228,7 @@ class StopCheck:
     def forgotten_enough(self, measured: dict[str, float]) -> bool:
         return (
             measured["forget_qa_acc"] <= self.reference_qa_acc + self.qa_margin
-            and abs(measured["mia_auc"] - 0.5) <= self.mia_margin
+            and abs(measured["mia_auc"] - self.mia_centre) <= self.mia_margin
             and not measured.get("kept_revived")
             and not measured.get("kept_sunk")
         )
@@ -232,14 +240,14 @@ class StopCheck:
         return self.forgotten_enough(measured) and not self.retain_short(measured)
 
     def overshot(self, measured: dict[str, float]) -> bool:
-        """MIA AUC far below 0.5: the model now treats the forget set as *less* familiar than unseen
+        """MIA AUC far below the band: the model now treats the forget set as *less* familiar than unseen
         data, which itself gives the erased data away. Further steps only make it worse."""
-        return measured["mia_auc"] < 0.5 - self.overshoot
+        return measured["mia_auc"] < self.mia_centre - self.overshoot
 
 
 class BestSnapshot:
     """Keeps the trainable weights of the evaluation point closest to the reference behaviour (QA no
-    better than on unseen data, MIA AUC nearest 0.5), so an overshooting run can step back to it."""
+    better than on unseen data, MIA AUC nearest the band's centre), so an overshooting run can step back to it."""
 
     def __init__(self) -> None:
         self.state: dict[str, Any] | None = None
@@ -249,8 +257,8 @@ class BestSnapshot:
     def offer(self, model, measured: dict[str, float], stop: StopCheck, step: int) -> None:
         if measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin:
             return
-        # an earlier request out of the band, or a retain sample still short, outweighs any distance from 0.5
-        score = (abs(measured["mia_auc"] - 0.5) + measured.get("kept_revived", 0.0) + measured.get("kept_sunk", 0.0)
+        # an earlier request out of the band, or a retain sample still short, outweighs any distance from the centre
+        score = (abs(measured["mia_auc"] - stop.mia_centre) + measured.get("kept_revived", 0.0) + measured.get("kept_sunk", 0.0)
                  + float(stop.retain_short(measured)))
         if score < self.score:
             self.score, self.step = score, step

@@ -5,8 +5,9 @@
   decoding emits a sequence iff every one of its tokens is the argmax given the previous ones), which
   is exact and far cheaper than generate().
 - Min-K% MIA: a text's score is the mean of its k% lowest token log-probs; AUC of forget texts against
-  reference texts (never trained). 0.5 is what a model that never saw the forget set gives; far below
-  0.5 is over-forgetting, which itself reveals that the data was there.
+  reference texts (never trained). A model that never saw the forget set gives it what
+  verify.unseen_estimate estimates (0.5 on average over people, not for each one); far below that is
+  over-forgetting, which itself reveals that the data was there.
 - VerbMem: ROUGE-L F1 (token LCS) of the greedy continuation of each forget text's first half against
   its true second half.
 - Perplexity on reference text (data of the same distribution the model never saw).
@@ -220,12 +221,15 @@ def verbmem(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32) -> 
 
 
 def evaluate(model, tokenizer, data, *, include_verbmem: bool = False) -> dict[str, Any]:
-    """All metrics the policy thresholds and the benchmark need, for one model state."""
+    """All metrics the policy thresholds and the benchmark need, for one model state (`data`: a
+    families.causal_lm.ForgetData)."""
     metrics = {
         "forget_qa_acc": qa_accuracy(model, tokenizer, data.forget_qa),
         "retain_qa_acc": qa_accuracy(model, tokenizer, data.retain_qa),
         "reference_qa_acc": qa_accuracy(model, tokenizer, data.reference_qa),
         "mia_auc": mia_auc(model, tokenizer, data.forget_texts, data.reference_texts),
+        # where verification centres the MIA band: what a model retrained without the forget set would give
+        "mia_auc_unseen": data.unseen_mia_auc(tokenizer),
         "reference_ppl": perplexity(model, tokenizer, data.reference_texts),
     }
     if include_verbmem:

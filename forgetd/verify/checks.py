@@ -23,7 +23,8 @@ def _ok(value: float, condition: bool) -> bool:
 
 
 def causal_lm_checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[str, float]) -> list[Check]:
-    """forget QA ≤ reference QA + t; retain QA ≥ t × original's; |MIA AUC − 0.5| ≤ t."""
+    """forget QA ≤ reference QA + t; retain QA ≥ t × original's; |MIA AUC − c| ≤ t, c the AUC a model that
+    never saw the forget set would give (`mia_auc_unseen`, verify.unseen_estimate; 0.5 where not measured)."""
     checks: list[Check] = []
     nan = float("nan")
     if "forget_qa_acc_max_over_reference" in thresholds:
@@ -37,7 +38,7 @@ def causal_lm_checks(metrics: dict[str, Any], original: dict[str, Any], threshol
         checks.append(Check("retain_qa_acc_ratio", ratio, t, _ok(ratio, ratio >= t - 1e-12)))
     if "mia_auc_max_dev" in thresholds:
         t = thresholds["mia_auc_max_dev"]
-        dev = abs(metrics.get("mia_auc", nan) - 0.5)
+        dev = abs(metrics.get("mia_auc", nan) - metrics.get("mia_auc_unseen", 0.5))
         checks.append(Check("mia_auc_deviation", dev, t, _ok(dev, dev <= t + 1e-12)))
     return checks
 

@@ -5,6 +5,7 @@ there. Reference reuse: far above the band the reference set is not scored again
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,10 +64,16 @@ def _stop(data, **kw) -> StopCheck:
 
 
 def test_straddling_is_a_jump_across_the_band_either_way():
-    assert _straddles({"mia_auc": 0.9}, {"mia_auc": 0.3}, 0.05)
-    assert _straddles({"mia_auc": 0.3}, {"mia_auc": 0.6}, 0.05)
-    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.5}, 0.05)  # landed inside: the rule itself decides
-    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.7}, 0.05)
+    band = SimpleNamespace(mia_centre=0.5, mia_margin=0.05)
+    assert _straddles({"mia_auc": 0.9}, {"mia_auc": 0.3}, band)
+    assert _straddles({"mia_auc": 0.3}, {"mia_auc": 0.6}, band)
+    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.5}, band)  # landed inside: the rule itself decides
+    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.7}, band)
+    # the band sits where an unseen person's AUC is estimated to be, not at 0.5
+    high = SimpleNamespace(mia_centre=0.65, mia_margin=0.05)
+    assert _straddles({"mia_auc": 0.9}, {"mia_auc": 0.55}, high)
+    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.65}, high)
+    assert not _straddles({"mia_auc": 0.9}, {"mia_auc": 0.55}, SimpleNamespace(mia_centre=0.55, mia_margin=0.05))
 
 
 def test_the_search_stops_inside_the_band_and_leaves_the_model_there(jumped):
@@ -124,9 +131,9 @@ def test_reference_scores_are_reused_only_far_above_the_band(jumped):
     assert "reference_reused" not in plain.measure(model, tokenizer)
 
 
-def _direction(entry: dict, margin: float) -> tuple[bool, bool]:
+def _direction(entry: dict, centre: float, margin: float) -> tuple[bool, bool]:
     """The forget texts' (pushed, pulled back) after the evaluation `entry` records."""
-    return entry["mia_auc"] > 0.5 + margin, entry["mia_auc"] < 0.5 - margin
+    return entry["mia_auc"] > centre + margin, entry["mia_auc"] < centre - margin
 
 
 def test_moments_are_cleared_exactly_when_the_forget_texts_change_direction(tiny_lm, tmp_path):
@@ -144,10 +151,27 @@ def test_moments_are_cleared_exactly_when_the_forget_texts_change_direction(tiny
         result = recipe.module().train(recipe, model=causal_lm.load_model(model_dir), tokenizer=tokenizer,
                                        data=data, out_dir=tmp_path / str(on))
         histories[on] = [h for h in result["history"] if "interpolated" not in h]
+        centre = result["mia_centre"]
     margin = recipe.train.stop_mia_margin
     history = histories[True]
     changes = [i for i in range(1, len(history))
-               if _direction(history[i], margin) != _direction(history[i - 1], margin)]
+               if _direction(history[i], centre, margin) != _direction(history[i - 1], centre, margin)]
     assert changes, history  # the run changed direction at least once: the test has something to check
     assert [i for i, h in enumerate(history) if h.get("moments_reset")] == changes
     assert not any(h.get("moments_reset") for h in histories[False])
+
+
+def test_earlier_requests_are_held_around_their_own_estimates(jumped):
+    model, tokenizer, data, before, after = jumped
+    load_trainable(model, before)  # the base: the person far above any band
+    own = _stop(data).measure(model, tokenizer)["mia_auc"]
+    group = [(data.forget_texts, data.forget_qa)]
+
+    def verdict(centre: float) -> tuple[list[int], list[int]]:
+        stop = _stop(data, kept=group, kept_centres=[centre])
+        stop.measure(model, tokenizer)
+        return stop.last_revived, stop.last_sunk
+
+    assert verdict(own) == ([], [])
+    assert verdict(own - 0.2) == ([0], [])  # above its band: drifted back
+    assert verdict(own + 0.2) == ([], [0])  # below it: sunk

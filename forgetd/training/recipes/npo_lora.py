@@ -15,16 +15,19 @@ likelihood, so the earlier people look familiar again next to the reference set)
 and blocks stopping until it is under again. One that sank below the band (the KL pins the earlier
 people where they were while the new adapter moves the unseen people's scores they are judged against)
 leaves the KL, gets the pull-back step below on its texts, and blocks stopping the same way:
-verification bounds |AUC − 0.5| in both directions.
+verification bounds |AUC − estimate| in both directions.
 Stops when the forget set looks like the reference set (`train.stop: reference`) or after max_steps.
 
 Gating (`train.gate`): the forget texts and the forget QA answers are two objectives that converge at
 different speeds — text likelihood (what Min-K% MIA sees) falls long before the answers go, and pushing
-on after the MIA AUC reached 0.5 over-forgets. So at every evaluation each group stays in the loss only
-while its own criterion is unmet: QA answers while forget QA accuracy exceeds the reference's (and of
-those only the answers the model still gives: pushing on the ones already gone diluted the push on a
-last stubborn answer until max_steps), texts while the MIA AUC is above 0.5 + margin. Forgetting the
-answers still lowers the texts' likelihood, so when the AUC falls below 0.5 − margin the texts switch to
+on after the MIA AUC reached what an unseen person's is over-forgets. The band is centred on that: the
+AUC a model that never saw the texts would give them, estimated by counting (verify.unseen_estimate),
+because a retrained model gives an unseen person anything from 0.2 to 0.8, not 0.5. So at every
+evaluation each group stays in the loss only while its own criterion is unmet: QA answers while forget
+QA accuracy exceeds the reference's (and of those only the answers the model still gives: pushing on the
+ones already gone diluted the push on a last stubborn answer until max_steps), texts while the MIA AUC
+is above the band. Forgetting the
+answers still lowers the texts' likelihood, so when the AUC falls below the band the texts switch to
 plain likelihood (a small descent step that pulls them back toward how unseen text looks, weight
 `train.pull_back_weight`) until the AUC is back in the band.
 
@@ -108,6 +111,8 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     model.train()
     calibration = data.calibration_half()
     stop = StopCheck(
+        mia_centre=calibration.unseen_mia_auc(tokenizer),
+        kept_centres=calibration.forgotten_unseen_mia_aucs(tokenizer) if kept_groups else (),
         forget_qa=data.forget_qa,
         forget_texts=data.forget_texts,
         reference_qa=calibration.reference_qa,
@@ -187,8 +192,8 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             revived, sunk = list(stop.last_revived), list(stop.last_sunk)
             if spec.gate:
                 keep_qa = measured["forget_qa_acc"] > stop.reference_qa_acc + stop.qa_margin
-                keep_text = measured["mia_auc"] > 0.5 + stop.mia_margin
-                pull_back = measured["mia_auc"] < 0.5 - stop.mia_margin
+                keep_text = measured["mia_auc"] > stop.mia_centre + stop.mia_margin
+                pull_back = measured["mia_auc"] < stop.mia_centre - stop.mia_margin
                 # with the new request done, only earlier ones out of the band are moved; while the retain
                 # sample is short, nothing is (the retain term repairs)
                 # of the answers, only those still given: the ones already gone would dilute the push on the last
@@ -205,7 +210,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
                 if stop.satisfied(measured):
                     stop_reason = "reference"
                     break
-                if spec.bisect and previous and _straddles(previous[0], measured, stop.mia_margin):
+                if spec.bisect and previous and _straddles(previous[0], measured, stop):
                     found = _bisect(model, tokenizer, stop, previous, spec.bisect)
                     if found is not None:
                         history.append({"step": step, "interpolated": round(found[0], 4),
@@ -227,12 +232,13 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         "history": history,
         "trainable_params": sum(p.numel() for p in params),
         "kept_requests": len(kept_groups),
+        "mia_centre": round(stop.mia_centre, 4),
     }
 
 
-def _straddles(before: dict[str, float], after: dict[str, float], margin: float) -> bool:
-    """The MIA AUC went from one side of the band 0.5 ± margin to the other between two evaluations."""
-    high, low = 0.5 + margin, 0.5 - margin
+def _straddles(before: dict[str, float], after: dict[str, float], stop) -> bool:
+    """The MIA AUC went from one side of the band (centre ± margin) to the other between two evaluations."""
+    high, low = stop.mia_centre + stop.mia_margin, stop.mia_centre - stop.mia_margin
     return (before["mia_auc"] > high and after["mia_auc"] < low) or (before["mia_auc"] < low and after["mia_auc"] > high)
 
 
@@ -248,7 +254,7 @@ def _bisect(model, tokenizer, stop, start: tuple[dict[str, float], dict[str, Any
     start_measured, start_weights = start
     end_weights = trainable_state(model)
     # t_high is the end of the current interval on the high-AUC side, t_low the one on the low side
-    t_high, t_low = (0.0, 1.0) if start_measured["mia_auc"] > 0.5 else (1.0, 0.0)
+    t_high, t_low = (0.0, 1.0) if start_measured["mia_auc"] > stop.mia_centre else (1.0, 0.0)
     found = None
     for _ in range(evaluations):
         t = (t_high + t_low) / 2
@@ -257,9 +263,9 @@ def _bisect(model, tokenizer, stop, start: tuple[dict[str, float], dict[str, Any
         if stop.satisfied(measured):
             found = (t, measured)
             break
-        if measured["mia_auc"] > 0.5 + stop.mia_margin:
+        if measured["mia_auc"] > stop.mia_centre + stop.mia_margin:
             t_high = t
-        elif measured["mia_auc"] < 0.5 - stop.mia_margin:
+        elif measured["mia_auc"] < stop.mia_centre - stop.mia_margin:
             t_low = t
         else:
             break

@@ -40,6 +40,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     pad_id = tokenizer.pad_token_id
     calibration = data.calibration_half()
     stop = StopCheck(
+        mia_centre=calibration.unseen_mia_auc(tokenizer),
         forget_qa=data.forget_qa,
         forget_texts=data.forget_texts,
         reference_qa=calibration.reference_qa,
