@@ -473,6 +473,15 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
 # --- stage 4: compose a candidate checkpoint -----------------------------------------------------------
 
 
+def _composable_adapter(s, request: Request) -> Adapter | None:
+    """The newest adapter trained for `request` that may be composed (None when it was rejected)."""
+    return s.execute(
+        select(Adapter).join(AdapterRequest, AdapterRequest.adapter_id == Adapter.id)
+        .where(AdapterRequest.request_id == request.id, Adapter.status.in_(["trained", "composed"]))
+        .order_by(Adapter.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
 def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool = False) -> str | None:
     """Build the candidate: served manifest + the adapters of every request awaiting composition. With
     `resume`, requests already `composing` (their job died mid-build) are taken too."""
@@ -490,13 +499,15 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool =
             return None
         served = serving.served_checkpoint(s, model)
         pairs = []
+        # An adapter trained for a batch is rejected when any request in it fails verification; the batch's
+        # other requests may already have passed theirs, and must not be composed with it.
+        rejected: list[str] = []
         for request in waiting:
-            adapter = s.execute(
-                select(Adapter).join(AdapterRequest, AdapterRequest.adapter_id == Adapter.id)
-                .where(AdapterRequest.request_id == request.id, Adapter.status.in_(["trained", "composed"]))
-                .order_by(Adapter.id.desc()).limit(1)
-            ).scalar_one()
-            pairs.append((request.public_id, adapter.sha256))
+            adapter = _composable_adapter(s, request)
+            if adapter is None:
+                rejected.append(request.public_id)
+            else:
+                pairs.append((request.public_id, adapter.sha256))
         parent_manifest = [ManifestEntry(e["sha256"], e["weight"]) for e in served.manifest.get("adapters", [])]
         parent_id, parent_coverage = served.id, serving.coverage_ids(s, served.id)
         base = s.execute(select(Checkpoint).where(Checkpoint.model_id == model.id, Checkpoint.version == 0)).scalar_one()
@@ -514,6 +525,12 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool =
             corrupt[public_id] = str(exc)
     with ctx.session() as s:
         now = now_fn()
+        for public_id in rejected:
+            request = _lock_request(s, public_id)
+            if request.status in takeable:
+                _fail(s, request, reason_code="adapter_rejected", now=now, actor="system:composer",
+                      reason="its adapter, shared with another request, failed that request's verification; "
+                             "retry from training (forgetd request retry ID --from train)")
         good = []
         for public_id, sha in pairs:
             request = _lock_request(s, public_id)

@@ -108,6 +108,25 @@ def test_requests_queued_together_can_share_one_adapter(pipe):
     assert api.lineage_request(ctx, first)["adapters"] == api.lineage_request(ctx, second)["adapters"]
 
 
+def test_a_shared_adapter_rejected_for_one_request_is_composed_for_none(pipe):
+    ctx, people = pipe
+    edit_recipe(ctx.settings.adapters_dir / "npo-lora.yaml", batch_requests=8)
+    passing, refused = _submit(ctx, people[0]), _submit(ctx, people[1])
+    pipeline.schedule(ctx, now=api.utcnow())
+    pipeline.train(ctx, [passing, refused], now_fn=api.utcnow)  # one adapter for both
+    assert pipeline.evaluate_adapter(ctx, passing, now_fn=api.utcnow) is True
+    # the policy tightened before the second request is verified: its verification fails and rejects the adapter
+    policy = ctx.settings.policies_dir / "loose.yaml"
+    policy.write_text(POLICY.format(name="loose", qa=1.0, retain=1.5, mia=1.0))
+    assert pipeline.evaluate_adapter(ctx, refused, now_fn=api.utcnow) is False
+    # composing fails the request that passed (its adapter is gone) instead of crashing, and builds nothing
+    assert pipeline.compose(ctx, "lm", now_fn=api.utcnow) is None
+    shown = api.request_show(ctx, passing)
+    assert shown["status"] == "failed" and "shared with another request" in shown["status_reason"]
+    assert api.request_show(ctx, refused)["status"] == "failed"
+    assert [c["version"] for c in api.checkpoint_list(ctx, "lm")] == [0]
+
+
 def test_stored_artifacts_load_with_stock_libraries(pipe):
     import peft
     import transformers
