@@ -39,7 +39,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -50,7 +49,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 SWAPS = 6  # holdout people whose name and e-mail stand in for the forgotten person's, per estimate
-BIGRAM_ALPHA = 0.1  # of 0.01, 0.1 and 1 (AMD EPYC, 2026-12-07): correlations 0.59, 0.66 and 0.62 with three retrainings' mean
 
 
 def _per_person_auc(model, tokenizer, forget: list) -> list[float]:
@@ -85,32 +83,13 @@ def _name_swap_estimates(model, tokenizer, corpus, people, forget: list) -> list
     return out
 
 
-def _bigram_estimates(tokenizer, documents: list[str], forget: list, alpha: float = BIGRAM_ALPHA) -> list[float]:
+def _bigram_estimates(tokenizer, documents: list[str], forget: list) -> list[float]:
     """Each person's AUC (calibration half) under a token bigram model counted on `documents` (what the
-    retraining trains on), smoothed towards the unigram with weight `alpha` per vocabulary entry, Min-K% as
-    verification scores it: an estimate that needs counting, not training."""
-    from collections import Counter
+    retraining trains on): the estimate npo-lora's stopping band is centred on (verify.unseen_estimate),
+    here counted without all forget candidates, as the retrainings are trained."""
+    from forgetd.verify.unseen_estimate import unseen_auc
 
-    from forgetd.verify.causal_lm import auc, min_k_score
-
-    unigrams, bigrams = Counter(), Counter()
-    for ids in tokenizer(documents)["input_ids"]:
-        unigrams.update(ids)
-        bigrams.update(zip(ids, ids[1:]))
-    total, vocab = sum(unigrams.values()), len(tokenizer)
-
-    def score(text: str) -> float:
-        ids = tokenizer(text)["input_ids"]
-        return min_k_score([
-            math.log((bigrams[(a, b)] + alpha * vocab * (unigrams[b] + alpha) / (total + alpha * vocab))
-                     / (unigrams[a] + alpha * vocab))
-            for a, b in zip(ids, ids[1:])
-        ])
-
-    return [
-        auc([score(t) for t in data.forget_texts], [score(t) for t in data.calibration_half().reference_texts])
-        for data in forget
-    ]
+    return [unseen_auc(tokenizer, documents, data.forget_texts, data.calibration_half().reference_texts) for data in forget]
 
 
 def _fold(person_id: str, folds: int, seed: int = 0) -> int:
@@ -228,6 +207,8 @@ def _by_gold(values: dict[str, float], fmt: str) -> str:
 
 
 def _markdown(result: dict) -> str:
+    from forgetd.verify.unseen_estimate import ALPHA
+
     s, first, people = result["summary"], result["first"], result["people"]
     seeds = sorted(int(k) for k in result["per_seed"])
     corpus, bigram = result["corpus"], result["bigram_summary"]
@@ -278,7 +259,7 @@ def _markdown(result: dict) -> str:
         "## A counting estimate: a bigram model",
         "",
         "Token bigrams counted on what the retraining trains on (no training; smoothed towards the unigram, "
-        f"α = {BIGRAM_ALPHA}); Min-K% scores (k = 0.4) against the calibration half of the reference set. "
+        f"α = {ALPHA}); Min-K% scores (k = 0.4) against the calibration half of the reference set. "
         "Compared with each retraining and with the retrainings' per-person mean:",
         "",
         f"- correlation: {_by_gold(bigram['corr'], '.2f')}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from forgetd.families.causal_lm import format_prompt, format_qa
@@ -39,23 +39,30 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
+def cached_per_tokenizer(store: weakref.WeakKeyDictionary, tokenizer, key, limit: int, build: Callable[[], Any]):
+    """`build()`, kept in `store` under (tokenizer, key) with at most `limit` entries per tokenizer (oldest
+    dropped first). Keyed weakly by tokenizer: a dropped tokenizer takes its entries along; one that cannot
+    be weakly referenced is built every time."""
+    try:
+        cache = store.setdefault(tokenizer, {})
+    except TypeError:
+        cache = {}
+    if key not in cache:
+        if len(cache) >= limit:
+            cache.pop(next(iter(cache)))
+        cache[key] = build()
+    return cache[key]
+
+
 # Stopping rules measure the same texts at every evaluation; tokenizing them again each time cost about a
-# fifth of a short unlearning run. Keyed by tokenizer (weakly: a dropped tokenizer takes its entries along).
+# fifth of a short unlearning run.
 _ENCODED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ENCODED_PER_TOKENIZER = 64
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    key = tuple(texts)
-    try:
-        cache = _ENCODED.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced is encoded every time
-        cache = {}
-    if key not in cache:
-        if len(cache) >= _ENCODED_PER_TOKENIZER:
-            cache.pop(next(iter(cache)))
-        cache[key] = [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
-    return cache[key]
+    return cached_per_tokenizer(_ENCODED, tokenizer, tuple(texts), _ENCODED_PER_TOKENIZER,
+                                lambda: [list(ids) for ids in tokenizer(list(texts))["input_ids"]])
 
 
 def qa_correct(model, tokenizer, qa: Sequence[tuple[str, str]], *, batch_size: int = 128) -> list[bool]:

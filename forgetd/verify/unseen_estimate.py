@@ -55,16 +55,10 @@ class BigramCounts:
 
 def counts_for(tokenizer, documents: Sequence[str]) -> BigramCounts:
     """Bigram counts of `documents`, reused for the same tokenizer and the same documents."""
+    from forgetd.verify.causal_lm import cached_per_tokenizer
+
     key = hashlib.sha256("\x00".join(documents).encode()).hexdigest()
-    try:
-        cache = _COUNTS.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced is counted every time
-        cache = {}
-    if key not in cache:
-        if len(cache) >= _COUNTS_PER_TOKENIZER:
-            cache.pop(next(iter(cache)))
-        cache[key] = BigramCounts(tokenizer, documents)
-    return cache[key]
+    return cached_per_tokenizer(_COUNTS, tokenizer, key, _COUNTS_PER_TOKENIZER, lambda: BigramCounts(tokenizer, documents))
 
 
 def unseen_auc(tokenizer, documents: Sequence[str], forget_texts: Sequence[str], reference_texts: Sequence[str]) -> float:

@@ -26,10 +26,9 @@ because a retrained model gives an unseen person anything from 0.2 to 0.8, not 0
 evaluation each group stays in the loss only while its own criterion is unmet: QA answers while forget
 QA accuracy exceeds the reference's (and of those only the answers the model still gives: pushing on the
 ones already gone diluted the push on a last stubborn answer until max_steps), texts while the MIA AUC
-is above the band. Forgetting the
-answers still lowers the texts' likelihood, so when the AUC falls below the band the texts switch to
-plain likelihood (a small descent step that pulls them back toward how unseen text looks, weight
-`train.pull_back_weight`) until the AUC is back in the band.
+is above the band. Forgetting the answers still lowers the texts' likelihood, so when the AUC falls below
+the band the texts switch to plain likelihood (a small descent step that pulls them back toward how
+unseen text looks, weight `train.pull_back_weight`) until the AUC is back in the band.
 
 Step size (`train.bisect`): a learning rate high enough to forget in a handful of steps also jumps the band
 in one step. When two evaluations fall on opposite sides of it, the segment between the two adapters'
