@@ -13,7 +13,8 @@ per-person correlations. Also measured: a name-swap estimate of the retrained AU
 retraining (the person's texts with their name and e-mail replaced by holdout people's, scored by the
 original model), and how well it predicts each retraining's per-person AUC. Also one that needs counting
 only: a token bigram model counted on what the retraining trains on, scoring the person's texts against the
-calibration half as Min-K% does. And an estimate that costs
+calibration half as Min-K% does, next to other counts (unigram, bigram with other smoothing weights,
+trigram) and the bigram calibrated per model on the holdout people. And an estimate that costs
 retraining once per model instead of once per request: `--folds` reference models, each trained without
 one fold of the trained people (fold = sha256 of the person's id modulo `--folds`, training seed 0), so
 that every person is unseen by exactly one of them; a person's estimate is their AUC under that one.
@@ -39,6 +40,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -90,6 +92,64 @@ def _bigram_estimates(tokenizer, documents: list[str], forget: list) -> list[flo
     from forgetd.verify.unseen_estimate import unseen_auc
 
     return [unseen_auc(tokenizer, documents, data.forget_texts, data.calibration_half().reference_texts) for data in forget]
+
+
+def _trigram_logprobs(counts, trigrams, context, ids, beta: float) -> list[float]:
+    """log p(c | a b): trigram counts interpolated with the bigram model's p(c | b), weight `beta`."""
+    bigram = [math.exp(lp) for lp in counts.logprobs(ids)]
+    out = [math.log(bigram[0])] if bigram else []
+    for i in range(2, len(ids)):
+        a, b, c = ids[i - 2], ids[i - 1], ids[i]
+        out.append(math.log((trigrams[(a, b, c)] + beta * bigram[i - 1]) / (context[(a, b)] + beta)))
+    return out
+
+
+def _count_variants(tokenizer, documents: list[str], forget: list, holdout_model_scores) -> dict[str, list[float]]:
+    """Each person's estimate (calibration half) under other counting models than the shipped bigram, and
+    the shipped bigram calibrated on the holdout people: the original never saw them either, so a line
+    fitted through (bigram estimate, the original's AUC) over holdout people, each against the others,
+    maps a bigram estimate to what this model gives an unseen person."""
+    from collections import Counter
+
+    from forgetd.verify.causal_lm import _encode, auc, min_k_score
+    from forgetd.verify.unseen_estimate import ALPHA, BigramCounts
+
+    ids = tokenizer(documents)["input_ids"]
+    trigrams = Counter(t for seq in ids for t in zip(seq, seq[1:], seq[2:]))
+    context = Counter(t for seq in ids for t in zip(seq, seq[1:]))
+    bigram = BigramCounts(tokenizer, documents)
+    unigram_total = bigram.total + ALPHA * bigram.vocab
+
+    def unigram(seq):
+        return [math.log((bigram.unigrams[b] + ALPHA) / unigram_total) for b in seq[1:]]
+
+    models = {"unigram": unigram}
+    for alpha in (0.01, 1.0):
+        other = BigramCounts(tokenizer, documents, alpha=alpha)
+        models[f"bigram, α = {alpha}"] = other.logprobs
+    for beta in (1.0, 5.0, 20.0):
+        models[f"trigram, β = {beta:g}"] = lambda seq, beta=beta: _trigram_logprobs(bigram, trigrams, context, seq, beta)
+    reference = forget[0].calibration_half().reference_texts
+    out = {}
+    for name, logprobs in models.items():
+        ref = [min_k_score(logprobs(seq)) for seq in _encode(tokenizer, reference)]
+        out[name] = [auc([min_k_score(logprobs(seq)) for seq in _encode(tokenizer, d.forget_texts)], ref) for d in forget]
+    # the holdout calibration: each holdout person's texts against the calibration half without them
+    texts_by_person, model_scores = holdout_model_scores
+    bigram_ref = {t: min_k_score(bigram.logprobs(seq)) for t, seq in zip(reference, _encode(tokenizer, reference))}
+    xs, ys = [], []
+    for texts in texts_by_person:
+        own = set(texts)
+        others = [t for t in reference if t not in own]
+        xs.append(auc([min_k_score(bigram.logprobs(seq)) for seq in _encode(tokenizer, texts)], [bigram_ref[t] for t in others]))
+        ys.append(auc([model_scores[t] for t in texts], [model_scores[t] for t in others]))
+    fit = statistics.linear_regression(xs, ys)
+    shipped = [auc([min_k_score(bigram.logprobs(seq)) for seq in _encode(tokenizer, d.forget_texts)], list(bigram_ref.values()))
+               for d in forget]
+    out[f"bigram calibrated on the holdout ({fit.intercept:.2f} + {fit.slope:.2f} × bigram)"] = [
+        fit.intercept + fit.slope * x for x in shipped
+    ]
+    return out
 
 
 def _fold(person_id: str, folds: int, seed: int = 0) -> int:
@@ -268,6 +328,23 @@ def _markdown(result: dict) -> str:
         f"first-{first} means: {_by_gold(bigram['abs_diff_first'], '.3f')}",
         "",
     ]
+    variants = result.get("count_variants")
+    if variants:
+        lines += [
+            "Other counts, and the bigram calibrated per model: a line through (bigram estimate, the original's AUC) "
+            "over the holdout people, each against the calibration half without them (the original never saw "
+            "them either):",
+            "",
+            f"| estimate | correlation | mean absolute error | mean, first {first} | distance from the first-{first} mean |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in {"bigram, α = 0.1 (shipped)": {"summary": bigram}, **variants}.items():
+            f = v["summary"]
+            lines.append(
+                f"| {name} | {_by_gold(f['corr'], '.2f')} | {_by_gold(f['mean_abs_err'], '.3f')} | "
+                f"{f['mean_first']:.3f} | {_by_gold(f['abs_diff_first'], '.3f')} |"
+            )
+        lines.append("")
     folds = result.get("folds")
     if folds:
         n_models = folds["folds"] * folds["fold_seeds"]
@@ -354,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     from forgetd.demo.llm_dataset import write_corpus_dataset
     from forgetd.demo.tiny_lm import TinyLMConfig, ensure_tiny_lm, load_demo_corpus, train_tiny_lm
     from forgetd.families import causal_lm
+    from forgetd.verify.causal_lm import min_k_scores
 
     torch.set_num_threads(args.threads)
     cfg = TinyLMConfig()
@@ -375,8 +453,12 @@ def main(argv: list[str] | None = None) -> int:
             dataset = causal_lm.with_matched_reference_split(dataset, model, tokenizer)
             forget = [causal_lm.forget_data(dataset, [{"corpus_ids": [p.id]}]) for p in people]
             estimate = _name_swap_estimates(model, tokenizer, corpus, people, forget)
+            holdout_texts = [p.texts for p in corpus.holdout]
+            scored = sorted({t for texts in holdout_texts for t in texts} | set(forget[0].calibration_half().reference_texts))
+            holdout_scores = (holdout_texts, dict(zip(scored, min_k_scores(model, tokenizer, scored))))
             del model
         bigram = _bigram_estimates(tokenizer, corpus.training_documents(exclude=forget_set), forget)
+        variants = _count_variants(tokenizer, corpus.training_documents(exclude=forget_set), forget, holdout_scores)
         for seed in range(args.seeds):
             started = time.perf_counter()
             train_tiny_lm(replace(cfg, exclude_ids=forget_set, seed=seed), work / f"retrained-{seed}", threads=args.threads)
@@ -440,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         "bigram": bigram,
         "summary": _summary(per_seed, estimate, args.first),
         "bigram_summary": _estimate_summary(bigram, gold, args.first),
+        "count_variants": {name: {"estimate": v, "summary": _estimate_summary(v, gold, args.first)}
+                           for name, v in variants.items()},
         "folds": folds,
     }
     args.out.mkdir(parents=True, exist_ok=True)
