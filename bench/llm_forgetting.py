@@ -1,6 +1,6 @@
 """Forgetting one person from the demo's tiny LM: every recipe against retraining, in one run.
 
-    .venv/bin/python bench/llm_forgetting.py [--seeds 5] [--sequential 20] [--threads 2]
+    .venv/bin/python bench/llm_forgetting.py [--seeds 5] [--sequential 20] [--retrain-per-seed] [--threads 2]
 
 Rows: original, retrained without the forget set (gold standard; trained in this run, so its seconds are
 the baseline), ga-full, graddiff-lora, npo-lora, simnpo-lora. Each recipe forgets person i with seed i,
@@ -8,6 +8,10 @@ for i < --seeds, on the original model; metrics are measured on the verification
 (holdout) set, which no stopping rule saw:
   forget QA accuracy, VerbMem (ROUGE-L of greedy continuations), Min-K% MIA AUC forget-vs-holdout,
   retain QA accuracy, holdout-text perplexity, seconds, seconds as % of retraining.
+With --retrain-per-seed, person i is also judged against a model retrained with training seed i (seed 0
+is the model above), an extra "retrained per seed" row: the retrained model is a random variable whose
+five-person mean moves by 0.01-0.11 between training seeds (bench/llm_retrain_noise.py), and one retraining
+shared by all seeds carries its own draw into every seed.
 Sequential: --sequential people forgotten one request at a time through the real pipeline (submit,
 approve, tick: train against the served checkpoint, compose, verify, promote); after each request, every
 earlier person's forget QA and the retain QA accuracy of the served checkpoint.
@@ -28,6 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ["ga-full", "graddiff-lora", "npo-lora", "simnpo-lora"]
+PER_SEED = "retrained per seed"
 
 
 def _machine() -> str:
@@ -59,7 +64,12 @@ def _metrics(model, tokenizer, data) -> dict[str, float]:
     return {k: m[k] for k in ("forget_qa_acc", "verbmem", "mia_auc", "mia_auc_unseen", "retain_qa_acc", "reference_ppl")}
 
 
-def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: float, corpus, dataset) -> dict:
+def _single(
+    args, original_dir: Path, retrained_dir: Path, retrain_seconds: float, corpus, dataset,
+    per_seed: list[tuple[Path, float]] = (),
+) -> dict:
+    """Rows per method, one entry per seed; with `per_seed` ((model, seconds) per seed), also the "retrained
+    per seed" row: person i under the model retrained with training seed i."""
     from forgetd.families import causal_lm
 
     people = [p.id for p in corpus.forget_candidates][: args.seeds]
@@ -71,6 +81,11 @@ def _single(args, original_dir: Path, retrained_dir: Path, retrain_seconds: floa
         rows["original"].append({"person": person, **_metrics(causal_lm.load_model(original_dir), tokenizer, judge)})
         rows["retrained"].append({"person": person, **_metrics(causal_lm.load_model(retrained_dir), tokenizer, judge),
                                   "seconds": retrain_seconds})
+        if per_seed:
+            model_dir, seconds = per_seed[seed]
+            rows.setdefault(PER_SEED, []).append(
+                {"person": person, **_metrics(causal_lm.load_model(model_dir), tokenizer, judge), "seconds": seconds}
+            )
         for name in args.recipes:
             measured, seconds, result = _train_and_measure(name, seed, original_dir, tokenizer, data, judge)
             rows.setdefault(name, []).append({"person": person, **measured, "seconds": seconds,
@@ -145,7 +160,7 @@ def _summary(rows: dict[str, list[dict]], retrain_seconds: float) -> list[dict]:
             if values:
                 row[key] = statistics.fmean(values)
                 row[key + "_sd"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-        if "seconds" in row:
+        if "seconds" in row and name != PER_SEED:  # the baseline is the first retraining's time
             row["pct_of_retraining"] = 100 * row["seconds"] / retrain_seconds
         table.append(row)
     return table
@@ -170,6 +185,19 @@ def _targets(rows: dict[str, list[dict]], table: list[dict]) -> dict:
         "retain_target": 0.95,
         "pct_of_retraining": npo["pct_of_retraining"],
         "time_target_pct": 5.0,
+        **_per_seed_targets(rows, by),
+    }
+
+
+def _per_seed_targets(rows: dict[str, list[dict]], by: dict[str, dict]) -> dict:
+    if PER_SEED not in by:
+        return {}
+    return {
+        "mia_auc_abs_diff_vs_retrained_per_seed": abs(by["npo-lora"]["mia_auc"] - by[PER_SEED]["mia_auc"]),
+        "mia_auc_abs_diff_per_seed_vs_retrained_per_seed": [
+            abs(a["mia_auc"] - b["mia_auc"]) for a, b in zip(rows["npo-lora"], rows[PER_SEED])
+        ],
+        "forget_qa_over_retrained_per_seed_points": 100 * (by["npo-lora"]["forget_qa_acc"] - by[PER_SEED]["forget_qa_acc"]),
     }
 
 
@@ -183,6 +211,17 @@ def _centre_lines(t: dict) -> list[str]:
         f"mean {statistics.fmean(est):.3f}; per seed "
         + ", ".join(f"{e:.2f} (npo-lora {n:.2f}, retrained {r:.2f})"
                     for e, n, r in zip(est, t["npo_mia_auc_per_seed"], t["retrained_mia_auc_per_seed"]))
+    ]
+
+
+def _per_seed_lines(t: dict) -> list[str]:
+    if "mia_auc_abs_diff_vs_retrained_per_seed" not in t:
+        return []
+    return [
+        f"- against one retraining per seed (training seed i for person i): |MIA AUC − retrained's| "
+        f"{t['mia_auc_abs_diff_vs_retrained_per_seed']:.3f} (target ≤ 0.05); per seed "
+        + ", ".join(f"{v:.3f}" for v in t["mia_auc_abs_diff_per_seed_vs_retrained_per_seed"])
+        + f"; forget QA − retrained: {t['forget_qa_over_retrained_per_seed_points']:+.1f} points"
     ]
 
 
@@ -312,6 +351,7 @@ def _markdown(result: dict) -> str:
             f"- |MIA AUC − retrained's|: {t['mia_auc_abs_diff_vs_retrained']:.3f} (target ≤ 0.05); per seed "
             + ", ".join(f"{v:.3f}" for v in t["mia_auc_abs_diff_per_seed"]),
             *_centre_lines(t),
+            *_per_seed_lines(t),
             f"- retain QA / original: {t['retain_ratio_vs_original']:.3f} (target ≥ 0.95)",
             f"- time: {t['pct_of_retraining']:.2f}% of retraining (target ≤ 5%)",
         ]
@@ -373,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequential", type=int, default=20)
     ap.add_argument("--recipes", nargs="*", default=RECIPES)
     ap.add_argument("--wide", type=int, default=20, help="also npo-lora and retrained MIA AUC on this many people")
+    ap.add_argument("--retrain-per-seed", action="store_true",
+                    help="also judge person i against a model retrained with training seed i")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="model cache (default: FORGETD_CACHE_DIR or ~/.cache/forgetd)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -398,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         train_tiny_lm(replace(cfg, exclude_ids=forget_set), retrained, threads=args.threads)
         retrain_seconds = time.perf_counter() - started
         print(f"retrained without {len(forget_set)} people in {retrain_seconds:.1f}s", flush=True)
+        per_seed = [(retrained, retrain_seconds)] if args.retrain_per_seed else []
+        for seed in range(1, args.seeds if args.retrain_per_seed else 0):
+            started = time.perf_counter()
+            train_tiny_lm(replace(cfg, exclude_ids=forget_set, seed=seed), work / f"retrained-{seed}", threads=args.threads)
+            per_seed.append((work / f"retrained-{seed}", time.perf_counter() - started))
+            print(f"retrained with training seed {seed} in {per_seed[-1][1]:.1f}s", flush=True)
         dataset_path = write_corpus_dataset(corpus, work / "dataset.json")
         # as registration does: reference halves matched on the original model's scores
         from forgetd.families import causal_lm
@@ -407,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset = causal_lm.with_matched_reference_split(load_dataset_file(dataset_path), model, tokenizer)
             halves_auc = _halves_auc(model, tokenizer, dataset)
             del model
-        rows = _single(args, original, retrained, retrain_seconds, corpus, dataset)
+        rows = _single(args, original, retrained, retrain_seconds, corpus, dataset, per_seed)
         table = _summary(rows, retrain_seconds)
         result = {
             "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
