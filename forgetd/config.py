@@ -29,9 +29,11 @@ _TOML_KEYS = {
     "data_root",
     "cache_dir",
     "device",
+    "worker_start",
 }
 
 DEVICES = "cpu, auto (a CUDA device when one is visible), cuda or cuda:N"
+WORKER_STARTS = ("forkserver", "spawn")
 
 
 def _repo_or_installed_dir(name: str) -> Path:
@@ -68,6 +70,9 @@ class Settings:
     # bytes and measures the same metrics), "auto", "cuda" or "cuda:N". Composition always runs on the CPU in
     # fp32 (exact); other families run on the CPU.
     device: str = "cpu"
+    # How the local executor starts a job's worker: forked from a fork server that imported torch & co. once
+    # ("forkserver"), or as a fresh interpreter ("spawn").
+    worker_start: str = "forkserver"
 
     def with_operator(self, operator: str | None) -> "Settings":
         return replace(self, operator=operator) if operator else self
@@ -163,9 +168,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if not (device in ("cpu", "auto", "cuda") or (kind == "cuda" and index.isdigit())):
         raise InputError(f"must be {DEVICES}, not {device!r}", field="FORGETD_DEVICE")
 
+    worker_start = str(pick("FORGETD_WORKER_START", "worker_start", "forkserver")).strip().lower()
+    if worker_start not in WORKER_STARTS:
+        raise InputError(f"must be {' or '.join(WORKER_STARTS)}, not {worker_start!r}", field="FORGETD_WORKER_START")
+
     return Settings(
         home=home,
         device=device,
+        worker_start=worker_start,
         database_url=str(database_url),
         master_key_file=Path(pick("FORGETD_MASTER_KEY_FILE", "master_key_file", home / "master.key")).expanduser(),
         master_key_env=env.get("FORGETD_MASTER_KEY") or None,

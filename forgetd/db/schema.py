@@ -23,12 +23,44 @@ def alembic_config(migrations_dir: Path, engine: Engine | None = None):
 
 
 def head_revision(migrations_dir: Path) -> str:
-    from alembic.script import ScriptDirectory
-
-    heads = ScriptDirectory.from_config(alembic_config(migrations_dir)).get_heads()
+    """The one head of the migration scripts. Every command but `init` and `db …` checks the schema against
+    it, so it is read from the scripts' `revision` and `down_revision` assignments: importing Alembic and
+    running every script, as Alembic's ScriptDirectory does, took a fifth of a short command's 1.3 s."""
+    if not (migrations_dir / "env.py").is_file():
+        raise ConfigError(f"migrations not found at {migrations_dir}", field="migrations_dir")
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((migrations_dir / "versions").glob("*.py")):
+        found = _module_constants(path, ("revision", "down_revision"))
+        if not isinstance(found.get("revision"), str):
+            raise ConfigError(f"{path.name} assigns no revision string", field="migrations_dir")
+        revisions.add(found["revision"])
+        down = found.get("down_revision")
+        parents.update(down if isinstance(down, (tuple, list)) else [down] if down else [])
+    heads = sorted(revisions - parents)
     if len(heads) != 1:
         raise ConfigError(f"migrations have {len(heads)} heads; expected exactly one", field="migrations_dir")
     return heads[0]
+
+
+def _module_constants(path: Path, names: tuple[str, ...]) -> dict:
+    """Literal values a script assigns to `names` at module level (`x = …` or `x: T = …`), without running it."""
+    import ast
+
+    found = {}
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in names:
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except ValueError:
+                pass
+    return found
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -312,7 +312,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         executor = make_executor(o.executor, slots=o.slots, backoff=self.backoff, gpus=o.gpus,
-                                 ray_address=o.ray_address)
+                                 ray_address=o.ray_address, worker_start=self.ctx.settings.worker_start)
         if o.metrics_port is not None:
             from forgetd.jobs.metrics import start_metrics_server
 

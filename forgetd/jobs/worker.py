@@ -1,8 +1,9 @@
 """`python -m forgetd.jobs.worker JOB_ID --owner O --attempt N`: run one claimed job in this process.
 
-Started by the local executor (stdout and stderr go to the job's log). The worker holds the lease the
-daemon took for it: it heartbeats, publishes under the lease, and settles the job itself, so it needs
-nothing from the daemon once started.
+Started by the local executor (stdout and stderr go to the job's log), forked from its fork server
+(`run_forked`) or as a fresh interpreter. The worker holds the lease the daemon took for it: it
+heartbeats, publishes under the lease, and settles the job itself, so it needs nothing from the daemon
+once started.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"job {args.job_id} does not exist", file=sys.stderr)
         return 3
     started = time.perf_counter()
-    print(f"worker pid {os.getpid()} job {claim.job_id} kind {claim.kind} attempt {claim.attempt}", flush=True)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    print(f"worker pid {os.getpid()} job {claim.job_id} kind {claim.kind} attempt {claim.attempt}"
+          f" slot {os.environ.get('FORGETD_JOB_SLOT', '-')}" + (f" gpu {gpu}" if gpu is not None else ""), flush=True)
     log_path = log_path_for(ctx, claim)
 
     def log_uri():
@@ -68,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outcome {outcome}", flush=True)
     ctx.close()
     return 0
+
+
+def run_forked(argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """The same worker, in a process the local executor's fork server made (torch & co. already imported):
+    its own session, its output appended to the job's log, the environment the executor chose."""
+    os.setsid()  # as start_new_session does for a spawned worker: a terminal's Ctrl-C reaches the daemon only
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

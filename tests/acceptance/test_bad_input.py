@@ -296,6 +296,8 @@ CASES = [
          also=("cpu, auto", "cuda:N", "'gpu'")),
     Case("env-device-bad-index", ("request", "list"), "FORGETD_DEVICE",
          env={"FORGETD_DEVICE": "cuda:first"}),
+    Case("env-worker-start-unknown", ("serve", "--executor", "local"), "FORGETD_WORKER_START",
+         env={"FORGETD_WORKER_START": "fork"}, also=("forkserver or spawn", "'fork'")),
 ]
 
 

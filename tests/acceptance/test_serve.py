@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,9 @@ class Daemon:
                 environ = (proc / "environ").read_bytes()
             except OSError:
                 continue
-            if b"forgetd.jobs.worker" in cmdline and f"FORGETD_HOME={self.home}".encode() in environ.split(b"\0"):
+            # a spawned worker, or the fork server (whose forked workers share its command line and environment)
+            ours = b"forgetd.jobs.worker" in cmdline or b"forgetd.jobs.preload" in cmdline
+            if ours and f"FORGETD_HOME={self.home}".encode() in environ.split(b"\0"):
                 pids.append(int(proc.name))
         return pids
 
@@ -324,29 +327,40 @@ def test_two_daemons_on_postgres_run_200_jobs_once_each_with_one_leader(pg_url, 
     ctx.close()
 
 
-def test_local_slots_get_their_own_gpu_and_logs_are_kept(settings, cli_env, tmp_path):
+@pytest.mark.parametrize("worker_start", ["forkserver", "spawn"])
+def test_local_slots_get_their_own_gpu_and_logs_are_kept(settings, cli_env, tmp_path, worker_start):
+    """Workers forked from the fork server (once it is ready) or spawned afresh: each slot sees its own GPU
+    and each job's log is kept."""
     ctx = api.open_context(settings)
-    env = _service_env(cli_env)
+    env = _service_env(cli_env, FORGETD_WORKER_START=worker_start)
+    log = tmp_path / "serve.log"
+    daemon = Daemon(env, log, "--executor", "local", "--slots", "2", "--gpus", "3,5", "--poll", "0.2")
+    if worker_start == "forkserver":
+        _wait(lambda: log.is_file() and "fork server ready" in log.read_text(), 120, "the fork server's imports")
     ids = api.job_selftest(ctx, count=2, seconds=4)["jobs"]
-    daemon = Daemon(env, tmp_path / "serve.log", "--executor", "local", "--slots", "2", "--gpus", "3,5", "--poll", "0.2")
 
     def worker_pids():
         refs = [api.job_show(ctx, i)["executor_ref"] for i in ids]
         return [int(r.split("=", 1)[1]) for r in refs] if all(refs) else None
 
     pids = _wait(worker_pids, 60, "both workers to start")
-    seen = set()
-    for pid in pids:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        seen |= {e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")}
-    assert seen == {"3", "5"}
+    parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
+    if worker_start == "forkserver":  # forked by the server, a child of the daemon
+        assert daemon.proc.pid not in parents
+        assert all(Path(f"/proc/{ppid}/cmdline").read_bytes().count(b"forgetd.jobs.preload") for ppid in parents)
+    else:
+        assert parents == {daemon.proc.pid}
     _wait(lambda: all(api.job_show(ctx, i)["status"] == "succeeded" for i in ids), 60, "both jobs")
     daemon.terminate()
+    gpus = set()
     for i in ids:
         uri = api.job_show(ctx, i)["log_uri"]
         digest = uri.rsplit("/", 1)[-1]
         text = (ctx.store.open_dir("log", digest) / "job.log").read_text()
         assert f"job {i} kind selftest attempt 1" in text and "finished in" in text
+        gpus |= set(re.findall(r" gpu (\S+)", text))
+    assert gpus == {"3", "5"}
+    assert ("fork server ready" in log.read_text()) == (worker_start == "forkserver")
     ctx.close()
 
 

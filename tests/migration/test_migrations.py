@@ -94,3 +94,36 @@ def test_data_folders_hold_no_python():
             assert not (path / "__init__.py").exists(), "migrations/ must not be an importable package"
             continue
         assert not list(Path(path).rglob("*.py")), f"{folder}/ must hold YAML only"
+
+
+def _alembic_heads(migrations) -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    return list(ScriptDirectory.from_config(schema.alembic_config(migrations)).get_heads())
+
+
+def _script(versions: Path, revision: str, down) -> None:
+    (versions / f"{revision}_extra.py").write_text(
+        f'"""extra"""\n\nrevision: str = {revision!r}\ndown_revision = {down!r}\nbranch_labels = None\n'
+        "depends_on = None\n\n\ndef upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
+
+
+def test_the_head_read_from_the_scripts_is_alembics(tmp_path):
+    """The schema check reads the head without Alembic; it must name what Alembic would, for this repository's
+    scripts, with two heads (refused, as Alembic's ScriptDirectory sees two) and after a merge script."""
+    import shutil
+
+    from forgetd.errors import ConfigError
+
+    assert [schema.head_revision(MIGRATIONS)] == _alembic_heads(MIGRATIONS)
+
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, copy)
+    head = schema.head_revision(copy)
+    _script(copy / "versions", "9001", head)
+    _script(copy / "versions", "9002", head)
+    assert sorted(_alembic_heads(copy)) == ["9001", "9002"]
+    with pytest.raises(ConfigError, match="2 heads"):
+        schema.head_revision(copy)
+    _script(copy / "versions", "9003", ("9001", "9002"))
+    assert [schema.head_revision(copy)] == _alembic_heads(copy) == ["9003"]

@@ -32,7 +32,7 @@ class Executor(Protocol):
 
 
 def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = None,
-                  ray_address: str | None = None) -> Executor:
+                  ray_address: str | None = None, worker_start: str = "forkserver") -> Executor:
     if name == "inline":
         from forgetd.jobs.executors.inline import InlineExecutor
 
@@ -40,7 +40,7 @@ def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = No
     if name == "local":
         from forgetd.jobs.executors.local import LocalExecutor
 
-        return LocalExecutor(slots=slots, backoff=backoff, gpus=gpus or [])
+        return LocalExecutor(slots=slots, backoff=backoff, gpus=gpus or [], worker_start=worker_start)
     if name == "ray":
         from forgetd.jobs.executors.ray import RayExecutor
 

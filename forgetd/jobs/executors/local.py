@@ -1,13 +1,22 @@
-"""A subprocess per job (`python -m forgetd.jobs.worker JOB_ID`), so a crash or an out-of-memory kill
-in training never takes the daemon down. The worker heartbeats and completes its own lease: if the
-daemon dies, a running worker finishes and publishes, and the restarted daemon leaves it alone."""
+"""A process per job, so a crash or an out-of-memory kill in training never takes the daemon down. The
+worker heartbeats and completes its own lease: if the daemon dies, a running worker finishes and
+publishes, and the restarted daemon leaves it alone.
+
+Workers are forked from a fork server that imported torch, transformers, peft and diffusers once
+(`forgetd.jobs.preload`): a fresh interpreter spends 5-7 s of a short job on those imports. Until the
+server has finished its imports, after the daemon starts, and whenever it cannot start a worker, a job
+starts as a fresh interpreter (`python -m forgetd.jobs.worker JOB_ID`), as it does throughout with
+FORGETD_WORKER_START=spawn.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +26,80 @@ from forgetd.jobs import queue
 from forgetd.jobs.queue import Backoff, Claim
 from forgetd.jobs.runner import settle_failure
 
-
 STARTUP_SECONDS = 60.0  # the daemon keeps a new worker's lease alive while it imports torch & co.
+
+log = logging.getLogger(__name__)
+
+
+def _noop() -> None:
+    pass
+
+
+class _Forked:
+    """A worker forked by the fork server, behind the Popen methods the executor uses."""
+
+    def __init__(self, process) -> None:
+        self._process = process
+        self.pid = process.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._process.exitcode is not None:
+            self.returncode = self._process.exitcode
+            self._process.close()  # its sentinel pipe; a long-lived daemon starts thousands of jobs
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        if self.poll() is None:
+            self._process.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(f"job worker pid {self.pid}", timeout)
+        return self.returncode
+
+
+class _ForkServer:
+    """multiprocessing's fork server preloaded with forgetd.jobs.preload, warmed up off the daemon's loop:
+    the first connection waits for the server's imports, and a claimed job must not wait that long."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._mp = multiprocessing.get_context("forkserver")
+        self._mp.set_forkserver_preload(["forgetd.jobs.preload"])
+        self.ready = threading.Event()
+        self.broken: str | None = None
+        threading.Thread(target=self._warm_up, name="forkserver-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        began = time.monotonic()
+        try:
+            process = self._mp.Process(target=_noop, name="forgetd-forkserver-warm-up")
+            process.start()
+            process.join()
+            process.close()
+        except Exception as exc:
+            self.broken = f"{type(exc).__name__}: {exc}"
+            log.warning("the fork server did not start (%s); jobs start as fresh interpreters", self.broken)
+            return
+        log.info("fork server ready in %.1fs: jobs start forked from it", time.monotonic() - began)
+        self.ready.set()
+
+    def start(self, argv: list[str], env: dict[str, str], log_path: Path) -> _Forked:
+        from forgetd.jobs.worker import run_forked
+
+        process = self._mp.Process(target=run_forked, args=(argv, env, str(log_path)), name="forgetd-job")
+        process.start()
+        return _Forked(process)
 
 
 @dataclass
 class _Child:
     claim: Claim
-    proc: subprocess.Popen
+    proc: subprocess.Popen | _Forked
     slot: int
     log_path: Path
     started: float
@@ -51,11 +126,12 @@ def log_path_for(ctx, claim: Claim) -> Path:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, *, slots: int, backoff: Backoff, gpus: list[str]) -> None:
+    def __init__(self, *, slots: int, backoff: Backoff, gpus: list[str], worker_start: str = "forkserver") -> None:
         self.slots = slots
         self.backoff = backoff
         self.gpus = gpus
         self._children: dict[int, _Child] = {}
+        self._fork_server = _ForkServer() if worker_start == "forkserver" else None
 
     def _free_slot(self) -> int:
         used = {c.slot for c in self._children.values()}
@@ -68,15 +144,22 @@ class LocalExecutor:
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         log_path = log_path_for(ctx, claim)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "forgetd.jobs.worker", *claim.to_argv()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the daemon, which decides
-            )
+        proc = self._fork(claim.to_argv(), env, log_path) or _spawn(claim.to_argv(), env, log_path)
         self._children[claim.job_id] = _Child(claim, proc, slot, log_path, time.monotonic())
         with ctx.session() as s:
             queue.set_executor_ref(s, claim, f"local:pid={proc.pid}")
+
+    def _fork(self, argv: list[str], env: dict[str, str], log_path: Path) -> _Forked | None:
+        server = self._fork_server
+        if server is None or not server.ready.is_set():
+            return None
+        try:
+            return server.start(argv, env, log_path)
+        except Exception as exc:  # the server died or cannot fork: stop using it, start this job afresh
+            log.warning("the fork server could not start a worker (%s: %s); jobs start as fresh interpreters",
+                        type(exc).__name__, exc)
+            self._fork_server = None
+            return None
 
     def poll(self, ctx) -> list[tuple[int, str]]:
         done = []
@@ -124,7 +207,16 @@ class LocalExecutor:
         self._children.clear()
 
 
-def _signal(proc: subprocess.Popen, sig: int) -> None:
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "forgetd.jobs.worker", *argv],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the daemon, which decides
+        )
+
+
+def _signal(proc: subprocess.Popen | _Forked, sig: int) -> None:
     try:
         proc.send_signal(sig)
     except ProcessLookupError:
