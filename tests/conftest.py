@@ -106,6 +106,13 @@ def pg_url(pg_server) -> str:
     return pg_server.migrated()
 
 
+def run_shared_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (each worker's base temp is a folder in it; without
+    xdist it is the run's base temp): models cached there under a file lock are built once per run."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """One SQLite file migrated to head per run; each test gets a copy (migrating costs ~50 ms)."""

@@ -46,8 +46,10 @@ def _counts(ctx) -> tuple[int, int]:
         )
 
 
-ALLOWED = [(frm, to, mv) for frm, moves in TRANSITIONS.items() for to, mv in moves.items()]
-ILLEGAL = [(frm, to) for frm in S for to in S if to not in TRANSITIONS[frm]]
+# Sorted: some moves are built from sets, and pytest-xdist's workers must collect the same tests in one order.
+ALLOWED = sorted(((frm, to, mv) for frm, moves in TRANSITIONS.items() for to, mv in moves.items()),
+                 key=lambda m: (m[0].value, m[1].value))
+ILLEGAL = sorted(((frm, to) for frm in S for to in S if to not in TRANSITIONS[frm]), key=lambda m: (m[0].value, m[1].value))
 
 
 def test_table_covers_every_state():
