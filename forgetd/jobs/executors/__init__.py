@@ -32,7 +32,7 @@ class Executor(Protocol):
 
 
 def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = None,
-                  ray_address: str | None = None, worker_start: str = "forkserver") -> Executor:
+                  ray_address: str | None = None, worker_start: str) -> Executor:
     if name == "inline":
         from forgetd.jobs.executors.inline import InlineExecutor
 

@@ -71,7 +71,6 @@ class _ForkServer:
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload(["forgetd.jobs.preload"])
         self.ready = threading.Event()
-        self.broken: str | None = None
         threading.Thread(target=self._warm_up, name="forkserver-warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:
@@ -82,8 +81,8 @@ class _ForkServer:
             process.join()
             process.close()
         except Exception as exc:
-            self.broken = f"{type(exc).__name__}: {exc}"
-            log.warning("the fork server did not start (%s); jobs start as fresh interpreters", self.broken)
+            log.warning("the fork server did not start (%s: %s); jobs start as fresh interpreters",
+                        type(exc).__name__, exc)
             return
         log.info("fork server ready in %.1fs: jobs start forked from it", time.monotonic() - began)
         self.ready.set()
@@ -126,7 +125,7 @@ def log_path_for(ctx, claim: Claim) -> Path:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, *, slots: int, backoff: Backoff, gpus: list[str], worker_start: str = "forkserver") -> None:
+    def __init__(self, *, slots: int, backoff: Backoff, gpus: list[str], worker_start: str) -> None:
         self.slots = slots
         self.backoff = backoff
         self.gpus = gpus
