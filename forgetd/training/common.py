@@ -98,12 +98,14 @@ def sequence_nll(model, ids, mask, labels, *, mean: bool = False):
     """Negative log-likelihood of each sequence (sum over its tokens, or mean with `mean=True`)."""
     import torch
 
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
     target = labels[:, 1:]
-    token_nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none", ignore_index=-100
-    ).view(target.shape)
-    counts = (target != -100).sum(-1).clamp(min=1)
+    scored = target != -100
+    # the loss only where a token is scored (padding and prompts are most positions of a batch), put back in
+    # place: each position's value, and each sum over a row, is what the whole batch gave
+    token_nll = torch.zeros(target.shape, dtype=logits.dtype, device=logits.device).masked_scatter(
+        scored, torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="none"))
+    counts = scored.sum(-1).clamp(min=1)
     total = token_nll.sum(-1)
     return total / counts if mean else total
 
@@ -112,9 +114,13 @@ def retain_kl(model, ids, mask, ref_logits):
     """KL(p_ref ‖ p_θ) per token on retain text: stay close to the checkpoint the adapter starts from."""
     import torch
 
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    # on real tokens only, put back in place (as in sequence_nll): the same value at every position
+    real = mask.bool()
+    logp = torch.log_softmax(logits[real], dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.float()[real], dim=-1)
+    kl = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(
+        real, (ref_logp.exp() * (ref_logp - logp)).sum(-1))
     return (kl * mask).sum() / mask.sum()
 
 

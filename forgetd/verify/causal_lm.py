@@ -84,7 +84,7 @@ def qa_correct(model, tokenizer, qa: Sequence[tuple[str, str]], *, batch_size: i
         for i in range(0, len(seqs), batch_size):
             ids, mask = _pad(seqs[i : i + batch_size], tokenizer.pad_token_id)
             ids, mask = ids.to(_device(model)), mask.to(_device(model))
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             # argmax only where an answer token is predicted: over the whole vocabulary at every position it
             # took a sixth of this check's time on the demo model; the rows are the same, so is every argmax
             batch_spans = spans[i : i + batch_size]
@@ -124,10 +124,17 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
             batch = seqs[i : i + batch_size]
             ids, mask = _pad(batch, tokenizer.pad_token_id)
             ids, mask = ids.to(_device(model)), mask.to(_device(model))
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            picked = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            for j, s in enumerate(batch):
-                out.append(picked[j, : len(s) - 1].tolist())
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            # normalised only where a token of the text is predicted: the rest of each row is padding (two
+            # thirds of the positions on the demo's reference texts); each row is normalised on its own, so
+            # every log-probability is the one the whole tensor gave
+            scored = mask[:, 1:].bool()
+            logp = torch.log_softmax(logits[:, :-1][scored], dim=-1)
+            picked = logp.gather(-1, ids[:, 1:][scored].unsqueeze(-1)).squeeze(-1).tolist()
+            at = 0
+            for s in batch:
+                out.append(picked[at : at + len(s) - 1])
+                at += len(s) - 1
     return out
 
 

@@ -61,3 +61,74 @@ def test_an_earlier_request_drifting_back_or_a_short_retain_sample_blocks_stoppi
     snapshot.offer(model, {**done, "mia_auc": 0.5, "retain_qa_acc": 0.5}, stop, 3)
     snapshot.offer(model, {**done, "mia_auc": 0.5, "kept_sunk": 1.0}, stop, 4)
     assert snapshot.step == 2
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def _batch():
+    # uneven lengths, and QA items scored only from their answer: most positions are padding or prompt
+    return pad([([3, 14, 15, 92, 65, 35, 89, 79, 32, 38], 6), [46, 26, 43], ([38, 32, 79, 50], 2), [28, 84]],
+               pad_id=0)
+
+
+def test_losses_on_scored_positions_equal_the_whole_batch_formulas_bit_for_bit():
+    """sequence_nll and retain_kl normalise only the positions they score; values and gradients must be the
+    ones the whole padded batch gave (recipes' adapters stay bit for bit what they were)."""
+    from forgetd.training.common import retain_kl, sequence_nll
+
+    model = _tiny_llama()
+    ids, mask, labels = _batch()
+    with torch.no_grad():
+        ref_logits = model(input_ids=ids, attention_mask=mask).logits + 0.25 * torch.randn(*ids.shape, 97)
+
+    def whole_nll():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 97), target.reshape(-1), reduction="none",
+                                                 ignore_index=-100).view(target.shape).sum(-1)
+
+    def whole_kl():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+        return ((ref_logp.exp() * (ref_logp - logp)).sum(-1) * mask).sum() / mask.sum()
+
+    for ours, theirs in ((lambda: sequence_nll(model, ids, mask, labels), whole_nll),
+                         (lambda: retain_kl(model, ids, mask, ref_logits), whole_kl)):
+        values, grads = [], []
+        for fn in (ours, theirs):
+            model.zero_grad(set_to_none=True)
+            value = fn()
+            value.sum().backward()
+            values.append(value.detach())
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert torch.equal(values[0], values[1])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_token_logprobs_equal_the_whole_batch_normalisation():
+    from forgetd.verify.causal_lm import token_logprobs
+
+    class Tok:
+        pad_token_id = 0
+
+        def __call__(self, texts):
+            return {"input_ids": [[int(t) for t in text.split()] for text in texts]}
+
+    model = _tiny_llama()
+    texts = ["3 14 15 92 65 35 89 79 32 38", "46 26 43", "7", "38 32 79 50 28 84"]
+    got = token_logprobs(model, Tok(), texts)
+    seqs = [[int(t) for t in text.split()] for text in texts]
+    ids, mask, _ = pad(seqs, pad_id=0)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    want = [logp[j, : len(s) - 1].gather(-1, ids[j, 1 : len(s)].unsqueeze(-1)).squeeze(-1).tolist()
+            for j, s in enumerate(seqs)]
+    assert [len(row) for row in got] == [9, 2, 0, 5]
+    assert got == want

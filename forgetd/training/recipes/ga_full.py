@@ -51,7 +51,7 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
     step = 0
     for step in range(1, spec.max_steps + 1):
         ids, mask, labels = pad(sample(rng, forget, spec.batch_size), pad_id, device)
-        loss = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = -model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
         value = check_loss(loss, step=step, limit=spec.loss_explode)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -154,7 +154,8 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
         for below in (groups["text"] if pull_back else [], sunk_texts):
             if below:
                 t_ids, t_mask, t_labels = pad([forget[i] for i in sample(rng, below, spec.batch_size)], pad_id, device)
-                loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+                loss = loss + spec.pull_back_weight * model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels,
+                                                            use_cache=False).loss
         if retain and spec.retain_weight > 0:
             size = spec.retain_batch_size or spec.batch_size
             if spec.retain_neighbours and neighbours:
@@ -165,18 +166,19 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             if spec.retain_loss == "kl":
                 with torch.no_grad():
                     if anchor is not None:
-                        ref_logits = anchor(input_ids=r_ids, attention_mask=r_mask).logits
+                        ref_logits = anchor(input_ids=r_ids, attention_mask=r_mask, use_cache=False).logits
                     else:
                         with model.disable_adapter():
-                            ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
+                            ref_logits = model(input_ids=r_ids, attention_mask=r_mask, use_cache=False).logits
                 loss = loss + spec.retain_weight * retain_kl(model, r_ids, r_mask, ref_logits)
             else:
-                loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
+                loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels,
+                                                         use_cache=False).loss
         held = [forget[i][0] for g, ix in enumerate(kept_index) if g not in revived and g not in sunk for i in ix]
         if held:
             k_ids, k_mask, _ = pad(sample(rng, held, spec.batch_size), pad_id, device)
             with torch.no_grad(), model.disable_adapter():
-                k_logits = model(input_ids=k_ids, attention_mask=k_mask).logits
+                k_logits = model(input_ids=k_ids, attention_mask=k_mask, use_cache=False).logits
             loss = loss + spec.keep_forgotten_weight * retain_kl(model, k_ids, k_mask, k_logits)
         value = check_loss(loss, step=step, limit=spec.loss_explode)
         optimizer.zero_grad(set_to_none=True)

@@ -63,10 +63,11 @@ def train(recipe, *, model, tokenizer, data, out_dir: Path, progress: Progress |
             r_ids, r_mask, r_labels = pad(sample(rng, retain, spec.retain_batch_size or spec.batch_size), pad_id, device)
             if spec.retain_loss == "kl":
                 with torch.no_grad(), model.disable_adapter():
-                    ref_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
+                    ref_logits = model(input_ids=r_ids, attention_mask=r_mask, use_cache=False).logits
                 loss = loss + spec.retain_weight * retain_kl(model, r_ids, r_mask, ref_logits)
             else:
-                loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels).loss
+                loss = loss + spec.retain_weight * model(input_ids=r_ids, attention_mask=r_mask, labels=r_labels,
+                                                         use_cache=False).loss
         value = check_loss(loss, step=step, limit=spec.loss_explode)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
