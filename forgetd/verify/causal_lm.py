@@ -133,8 +133,9 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
             picked = logp.gather(-1, ids[:, 1:][scored].unsqueeze(-1)).squeeze(-1).tolist()
             at = 0
             for s in batch:
-                out.append(picked[at : at + len(s) - 1])
-                at += len(s) - 1
+                n = max(len(s) - 1, 0)  # an empty text predicts nothing
+                out.append(picked[at : at + n])
+                at += n
     return out
 
 

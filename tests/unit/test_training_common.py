@@ -122,8 +122,10 @@ def test_token_logprobs_equal_the_whole_batch_normalisation():
             return {"input_ids": [[int(t) for t in text.split()] for text in texts]}
 
     model = _tiny_llama()
-    texts = ["3 14 15 92 65 35 89 79 32 38", "46 26 43", "7", "38 32 79 50 28 84"]
+    texts = ["3 14 15 92 65 35 89 79 32 38", "46 26 43", "7", "", "38 32 79 50 28 84"]
     got = token_logprobs(model, Tok(), texts)
+    assert got[3] == []  # an empty text predicts nothing, and the texts after it keep their own values
+    del got[3], texts[3]
     seqs = [[int(t) for t in text.split()] for text in texts]
     ids, mask, _ = pad(seqs, pad_id=0)
     with torch.no_grad():
