@@ -113,6 +113,12 @@ def run_shared_dir(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def shapes_test_home(tmp_path_factory) -> Path:
+    """Where the text-to-image test model (ShapesConfig.for_tests) is cached: one home for every test module that
+    uses it, so it is built once per run."""
+    return run_shared_dir(tmp_path_factory) / "shapes-t2i-home"
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """One SQLite file migrated to head per run; each test gets a copy (migrating costs ~50 ms)."""

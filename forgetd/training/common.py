@@ -101,10 +101,7 @@ def sequence_nll(model, ids, mask, labels, *, mean: bool = False):
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
     target = labels[:, 1:]
     scored = target != -100
-    # the loss only where a token is scored (padding and prompts are most positions of a batch), put back in
-    # place: each position's value, and each sum over a row, is what the whole batch gave
-    token_nll = torch.zeros(target.shape, dtype=logits.dtype, device=logits.device).masked_scatter(
-        scored, torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="none"))
+    token_nll = _in_place(scored, torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="none"))
     counts = scored.sum(-1).clamp(min=1)
     total = token_nll.sum(-1)
     return total / counts if mean else total
@@ -115,13 +112,20 @@ def retain_kl(model, ids, mask, ref_logits):
     import torch
 
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-    # on real tokens only, put back in place (as in sequence_nll): the same value at every position
     real = mask.bool()
     logp = torch.log_softmax(logits[real], dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float()[real], dim=-1)
-    kl = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(
-        real, (ref_logp.exp() * (ref_logp - logp)).sum(-1))
+    kl = _in_place(real, (ref_logp.exp() * (ref_logp - logp)).sum(-1))
     return (kl * mask).sum() / mask.sum()
+
+
+def _in_place(where, values):
+    """`values`, computed only at the positions `where` marks, put back in a zero tensor of `where`'s shape.
+    The losses compute per position only where a token counts (padding and prompts are most positions of a
+    batch); each position's value, and each sum over the result, is then what the whole batch gave."""
+    import torch
+
+    return torch.zeros(where.shape, dtype=values.dtype, device=values.device).masked_scatter(where, values)
 
 
 def check_loss(loss, *, step: int, limit: float) -> float:

@@ -130,12 +130,8 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
             # every log-probability is the one the whole tensor gave
             scored = mask[:, 1:].bool()
             logp = torch.log_softmax(logits[:, :-1][scored], dim=-1)
-            picked = logp.gather(-1, ids[:, 1:][scored].unsqueeze(-1)).squeeze(-1).tolist()
-            at = 0
-            for s in batch:
-                n = max(len(s) - 1, 0)  # an empty text predicts nothing
-                out.append(picked[at : at + n])
-                at += n
+            picked = logp.gather(-1, ids[:, 1:][scored].unsqueeze(-1)).squeeze(-1)
+            out.extend(row.tolist() for row in picked.split(scored.sum(-1).tolist()))
     return out
 
 

@@ -21,7 +21,7 @@ pytest.importorskip("diffusers")
 from forgetd import api  # noqa: E402
 from forgetd.db.models import Adapter, Job  # noqa: E402
 from forgetd.errors import InputError  # noqa: E402
-from tests.conftest import REPO, edit_recipe, run_shared_dir  # noqa: E402
+from tests.conftest import REPO, edit_recipe, shapes_test_home  # noqa: E402
 
 POLICY = """
 name: concepts
@@ -47,7 +47,7 @@ def shapes_model(tmp_path_factory):
     from forgetd.demo import shapes
 
     # one thread: bit-reproducible, and shared with tests/unit/test_t2i_family.py (which also builds on one)
-    root = shapes.ensure_shapes_t2i(run_shared_dir(tmp_path_factory) / "shapes-t2i-home", shapes.ShapesConfig.for_tests(),
+    root = shapes.ensure_shapes_t2i(shapes_test_home(tmp_path_factory), shapes.ShapesConfig.for_tests(),
                                     threads=1)
     return shapes.model_path(root), shapes.dataset_path(root)
 

@@ -25,7 +25,7 @@ from forgetd.datasets import load_dataset_file, parse_dataset  # noqa: E402
 from forgetd.demo import shapes  # noqa: E402
 from forgetd.errors import DomainError, IntegrityFailure  # noqa: E402
 from forgetd.families import text_to_image as family  # noqa: E402
-from tests.conftest import run_shared_dir  # noqa: E402
+from tests.conftest import shapes_test_home  # noqa: E402
 
 TINY = replace(shapes.ShapesConfig.for_tests(), vae_steps=2, unet_steps=2, verifier_steps=2, n_images=64)
 
@@ -50,7 +50,7 @@ def tiny_root(tmp_path_factory):
 def trained(tmp_path_factory):
     """The for_tests model (about a minute on one thread). The home is the run's shared temp directory, so
     every test module (on any pytest-xdist worker) that uses this convention shares one cached build per run."""
-    home = run_shared_dir(tmp_path_factory) / "shapes-t2i-home"
+    home = shapes_test_home(tmp_path_factory)
     root = shapes.ensure_shapes_t2i(home, shapes.ShapesConfig.for_tests())
     model_dir = shapes.model_path(root)
     return {"root": root, "model_dir": model_dir, "pipe": family.load_model(model_dir),
