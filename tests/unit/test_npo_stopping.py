@@ -175,3 +175,25 @@ def test_earlier_requests_are_held_around_their_own_estimates(jumped):
     assert verdict(own) == ([], [])
     assert verdict(own - 0.2) == ([0], [])  # above its band: drifted back
     assert verdict(own + 0.2) == ([], [0])  # below it: sunk
+
+
+def test_nothing_is_pushed_while_the_forget_texts_are_pulled_back(tiny_lm, tmp_path):
+    """Below the band with the answers gone, the NPO term is off and only the pull-back moves the texts:
+    kept on, the two cancelled out and held a person under the band until max_steps."""
+    from forgetd.datasets import load_dataset_file
+    from forgetd.families import causal_lm
+
+    model_dir, dataset, people = tiny_lm
+    tokenizer = causal_lm.load_tokenizer(model_dir)
+    below = []
+    for person in people[:3]:
+        data = causal_lm.forget_data(load_dataset_file(dataset), [{"corpus_ids": [person]}])
+        # no bisection and no retain wait: a run that jumps the band has to come back by training
+        recipe = get_recipe(REPO / "adapters", "npo-lora", bisect=0, stop_retain_ratio=0.0, max_steps=40)
+        result = recipe.module().train(recipe, model=causal_lm.load_model(model_dir), tokenizer=tokenizer,
+                                       data=data, out_dir=tmp_path / person)
+        centre, margin = result["mia_centre"], recipe.train.stop_mia_margin
+        below += [h for h in result["history"]
+                  if "pushed" in h and h["mia_auc"] < centre - margin and h["forget_qa_acc"] == 0.0]
+    assert below  # some run was pulled back with its answers gone: the test has something to check
+    assert all(h["pushed"] == 0 for h in below), below
