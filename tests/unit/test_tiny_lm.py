@@ -271,6 +271,45 @@ def test_qa_correct_argmax_at_answer_positions_matches_full_argmax(built):
     assert qa_correct(model, tok, mixed, batch_size=5) == expected
 
 
+
+def _logprobs_from_full_logits(model, tok, texts):
+    """Every text on its own, logits at every position: what token_logprobs must give."""
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tok(text)["input_ids"]])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            out.append(logp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1).tolist())
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "unlisted"])
+def test_token_logprobs_by_length_and_at_scored_positions_match_full_logits(built, arch):
+    """forgetd.verify batches texts by length and projects to the vocabulary only where a token is scored
+    (llama, gpt2: the head applied to the last hidden state); other model types take the full logits. Each
+    text's log-probabilities must be those of a forward pass over that text alone, in the caller's order."""
+    import transformers
+
+    from forgetd.verify import causal_lm as metrics
+
+    path, _ = built
+    model, tok = load_tiny_lm(path)
+    if arch == "gpt2":
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128)).eval()
+    if arch == "unlisted":
+        model.config.model_type = "llama-with-a-scaled-head"
+    assert (model.config.model_type in metrics._PLAIN_HEAD) == (arch != "unlisted")
+    corpus = load_demo_corpus(path)
+    texts = [t for p in corpus.people[:6] for t in p.texts][:18]
+    texts = texts[::2] + [t + " " + t for t in texts[1::2]]  # lengths mixed, so sorting reorders them
+    assert sorted(texts, key=lambda t: len(tok(t)["input_ids"])) != texts
+    got = metrics.token_logprobs(model, tok, texts, batch_size=4)
+    want = _logprobs_from_full_logits(model, tok, texts)
+    assert [len(r) for r in got] == [len(r) for r in want]
+    assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-4
+
 def test_models_load_without_hub_kernels(built):
     """transformers would otherwise swap layers for kernels from the Hugging Face hub (no hub downloads)."""
     from forgetd.families import causal_lm
