@@ -56,9 +56,10 @@ def _logits_at(model, ids, mask, rows, cols):
     """The model's logits at positions (rows[i], cols[i]) of the batch: those of a full forward pass (bit for
     bit on the demo model with AMD's AVX-512 and AVX2 kernels; tests/unit/test_tiny_lm.py compares them with
     each text's full logits, allowing rounding)."""
-    if getattr(model.config, "model_type", None) in _PLAIN_HEAD:
+    head = model.get_output_embeddings() if getattr(model.config, "model_type", None) in _PLAIN_HEAD else None
+    if head is not None:
         out = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        return model.get_output_embeddings()(out.hidden_states[-1][rows, cols])
+        return head(out.hidden_states[-1][rows, cols])
     return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols]
 
 
