@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cache = args.cache or load_settings().cache_dir
     cfg = TinyLMConfig()
-    original = ensure_tiny_lm(cache, cfg, threads=args.threads)
+    original = ensure_tiny_lm(cache, cfg)  # the demo's model: cached builds are one-thread
     corpus = load_demo_corpus(original)
     forget_set = tuple(p.id for p in corpus.forget_candidates)
     with tempfile.TemporaryDirectory() as tmp:

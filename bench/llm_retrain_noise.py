@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TinyLMConfig()
     if args.statements_per_attribute is not None:
         cfg = replace(cfg, corpus=replace(cfg.corpus, statements_per_attribute=args.statements_per_attribute))
-    original = ensure_tiny_lm(args.cache or load_settings().cache_dir, cfg, threads=args.threads)
+    original = ensure_tiny_lm(args.cache or load_settings().cache_dir, cfg)  # one-thread, as the demo's
     corpus = load_demo_corpus(original)
     forget_set = tuple(p.id for p in corpus.forget_candidates)
     people = corpus.forget_candidates[: args.people]

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cache = args.cache or load_settings().cache_dir
     cfg = digits.DigitsConfig()
-    root = digits.ensure_digits_vit(cache, cfg, threads=args.threads)
+    root = digits.ensure_digits_vit(cache, cfg)  # the demo's model: cached builds are one-thread
     model_dir, dataset = digits.model_path(root), load_dataset_file(digits.dataset_path(root))
     meta = digits.read_demo_meta(root)
     digits.build_dataset(cfg)  # scikit-learn's import is paid here, not by the first retraining's clock

@@ -275,7 +275,7 @@ def tiny_lm(tmp_path_factory):
         max_steps=150, eval_every=50, target_qa=0.9,
     )
     root = tmp_path_factory.mktemp("tiny-lm")
-    model_dir = ensure_tiny_lm(root, cfg, threads=2)
+    model_dir = ensure_tiny_lm(root, cfg)
     corpus = load_demo_corpus(model_dir)
     dataset = write_corpus_dataset(corpus, root / "dataset.json")
     return model_dir, dataset, [p.id for p in corpus.forget_candidates]

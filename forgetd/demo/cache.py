@@ -13,6 +13,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# Every cached model is trained on one thread, whoever builds it (the demo, a bench, a test): the key is the
+# config alone, and on some machines (an Intel Xeon under AVX2 kernels) one- and two-thread training give
+# different weights, so with the count left to the caller an entry depended on which process built it first.
+CACHE_BUILD_THREADS = 1
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file renamed into place: a concurrent reader (another demo

@@ -401,15 +401,16 @@ def save_credit(trained: TrainedCredit, root: Path) -> CreditDemo:
 
 
 def ensure_credit_model(
-    home: Path | str, cfg: CreditConfig | None = None, progress: Progress | None = None, *, threads: int | None = 1
+    home: Path | str, cfg: CreditConfig | None = None, progress: Progress | None = None
 ) -> CreditDemo:
-    """``home/cache/credit-mlp-<cache_key>``, trained first if missing (`forgetd.demo.cache.ensure_built`)."""
-    from forgetd.demo.cache import ensure_built
+    """``home/cache/credit-mlp-<cache_key>``, trained first if missing (`forgetd.demo.cache.ensure_built`), on
+    one thread (`CACHE_BUILD_THREADS`)."""
+    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built
 
     cfg = cfg or CreditConfig()
     return CreditDemo(ensure_built(
         home, f"credit-mlp-{cfg.cache_key()}", ready=lambda d: (d / DEMO_META_FILE).is_file(),
-        build=lambda d: save_credit(fit_credit_model(cfg, progress=progress, threads=threads), d)))
+        build=lambda d: save_credit(fit_credit_model(cfg, progress=progress, threads=CACHE_BUILD_THREADS), d)))
 
 
 def load_credit_dataset(demo: CreditDemo):

@@ -586,20 +586,15 @@ def _default_config() -> TinyLMConfig:
     return TinyLMConfig()
 
 
-def ensure_tiny_lm(
-    home: Path | str,
-    cfg: TinyLMConfig | None = None,
-    progress: Progress | None = None,
-    *,
-    threads: int | None = 1,
-) -> Path:
+def ensure_tiny_lm(home: Path | str, cfg: TinyLMConfig | None = None, progress: Progress | None = None) -> Path:
     """The cached model directory ``home/cache/tiny-lm-<cache_key>``, trained first if it is missing
-    (`forgetd.demo.cache.ensure_built`: under a lock, renamed into place when finished)."""
-    from forgetd.demo.cache import ensure_built
+    (`forgetd.demo.cache.ensure_built`: under a lock, renamed into place when finished). Always built on one
+    thread (`forgetd.demo.cache.CACHE_BUILD_THREADS`), so a key names one set of weights on a machine."""
+    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built
 
     cfg = cfg or _default_config()
     return ensure_built(home, f"tiny-lm-{cfg.cache_key()}", ready=lambda d: (d / DEMO_META_FILE).is_file(),
-                        build=lambda d: train_tiny_lm(cfg, d, progress, threads=threads))
+                        build=lambda d: train_tiny_lm(cfg, d, progress, threads=CACHE_BUILD_THREADS))
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -46,9 +46,8 @@ def db_url(sqlite_url):
 def shapes_model(tmp_path_factory):
     from forgetd.demo import shapes
 
-    # one thread: bit-reproducible, and shared with tests/unit/test_t2i_family.py (which also builds on one)
-    root = shapes.ensure_shapes_t2i(shapes_test_home(tmp_path_factory), shapes.ShapesConfig.for_tests(),
-                                    threads=1)
+    # shared with tests/unit/test_t2i_family.py: cached builds are one-thread, so either module may build it
+    root = shapes.ensure_shapes_t2i(shapes_test_home(tmp_path_factory), shapes.ShapesConfig.for_tests())
     return shapes.model_path(root), shapes.dataset_path(root)
 
 

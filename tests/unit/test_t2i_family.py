@@ -71,6 +71,24 @@ def test_every_vocabulary_word_is_one_token():
     assert len(ids) == cfg.max_length
 
 
+def test_caption_ids_equal_tokenizing_the_batch():
+    """The UNet build tokenizes each distinct caption once; a batch's rows must be what tokenizing the whole
+    batch gives (repeats, the dropped "" caption, one longer than max_length), or the build's weights change."""
+    import numpy as np
+    import torch
+
+    cfg = shapes.ShapesConfig()
+    tok = shapes.build_tokenizer(cfg)
+    rng = np.random.default_rng(0)
+    ids = shapes._CaptionIds(tok)
+    for _ in range(3):
+        batch = [shapes.caption(s, c, rng) for s in cfg.shapes for c in (None, *cfg.colours)]
+        batch += ["", batch[0], "a red circle in the picture of a red disc"]
+        expected = tok(batch, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                       return_tensors="pt").input_ids
+        assert torch.equal(ids(batch), expected)
+
+
 def test_dataset_validates_and_lists_synonyms():
     cfg = shapes.ShapesConfig()
     dataset = parse_dataset(shapes.build_dataset(cfg))

@@ -74,7 +74,7 @@ def home(tmp_path_factory):
 def built(home):
     """The SMALL model, trained once through the cache."""
     events = []
-    path = ensure_tiny_lm(home, SMALL, progress=events.append, threads=THREADS)
+    path = ensure_tiny_lm(home, SMALL, progress=events.append)
     return path, events
 
 
@@ -168,6 +168,18 @@ def test_second_ensure_reuses_the_cache(built, home, monkeypatch):
     assert time.perf_counter() - t0 < 1.0
     assert again == path
     assert (path / DEMO_META_FILE).stat().st_mtime_ns == stamp
+
+
+def test_cached_builds_run_on_one_thread_whatever_the_callers_count(tmp_path):
+    """A cache key is the config alone, so it must name one set of weights: a bench at two threads and the
+    demo at one used to leave whichever model was built first (they differ on some machines)."""
+    torch.set_num_threads(2)
+    try:
+        path = ensure_tiny_lm(tmp_path, replace(SMALL, max_steps=2, eval_every=1))
+        assert torch.get_num_threads() == 2  # the caller's count comes back
+    finally:
+        torch.set_num_threads(THREADS)
+    assert read_demo_meta(path)["metrics"]["threads"] == 1
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
