@@ -7,6 +7,7 @@ killed midway leave temporary directories that the next holder of the lock remov
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +18,17 @@ from pathlib import Path
 # config alone, and on some machines (an Intel Xeon under AVX2 kernels) one- and two-thread training give
 # different weights, so with the count left to the caller an entry depended on which process built it first.
 CACHE_BUILD_THREADS = 1
+
+
+def finished_build(meta_file: Path) -> bool:
+    """Whether a cached entry is finished and built as entries are now: its metadata file (written last) is
+    there and records a `CACHE_BUILD_THREADS` build (`metrics.threads`). One an earlier version built on
+    more threads (the benches did) is built again, so a key never keeps another build's weights."""
+    try:
+        meta = json.loads(Path(meta_file).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("metrics") or {}).get("threads") == CACHE_BUILD_THREADS
 
 
 def write_atomic(path: Path, text: str) -> None:

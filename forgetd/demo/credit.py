@@ -405,11 +405,11 @@ def ensure_credit_model(
 ) -> CreditDemo:
     """``home/cache/credit-mlp-<cache_key>``, trained first if missing (`forgetd.demo.cache.ensure_built`), on
     one thread (`CACHE_BUILD_THREADS`)."""
-    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built
+    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built, finished_build
 
     cfg = cfg or CreditConfig()
     return CreditDemo(ensure_built(
-        home, f"credit-mlp-{cfg.cache_key()}", ready=lambda d: (d / DEMO_META_FILE).is_file(),
+        home, f"credit-mlp-{cfg.cache_key()}", ready=lambda d: finished_build(d / DEMO_META_FILE),
         build=lambda d: save_credit(fit_credit_model(cfg, progress=progress, threads=CACHE_BUILD_THREADS), d)))
 
 

@@ -305,11 +305,11 @@ def dataset_path(root: Path | str) -> Path:
 def ensure_digits_vit(home: Path | str, cfg: DigitsConfig | None = None, progress: Progress | None = None) -> Path:
     """The cached root `home/cache/digits-vit-<cache_key>` (see `model_path`, `dataset_path`), trained first
     if missing (`forgetd.demo.cache.ensure_built`), on one thread (`CACHE_BUILD_THREADS`)."""
-    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built
+    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built, finished_build
 
     cfg = cfg or DigitsConfig()
     return ensure_built(home, f"digits-vit-{cfg.cache_key()}",
-                        ready=lambda d: (model_path(d) / DEMO_META_FILE).is_file(),
+                        ready=lambda d: finished_build(model_path(d) / DEMO_META_FILE),
                         build=lambda d: train_digits_vit(cfg, d, progress, threads=CACHE_BUILD_THREADS))
 
 

@@ -684,8 +684,10 @@ def cache_name(cfg: ShapesConfig) -> str:
 
 
 def is_built(root: Path | str) -> bool:
-    """Whether `root` holds a finished build (its metadata file is written last)."""
-    return (model_path(root) / DEMO_META_FILE).is_file()
+    """Whether `root` holds a finished one-thread build (`forgetd.demo.cache.finished_build`)."""
+    from forgetd.demo.cache import finished_build
+
+    return finished_build(model_path(root) / DEMO_META_FILE)
 
 
 def read_demo_meta(root_or_model_dir: Path | str) -> dict[str, Any]:

@@ -590,10 +590,10 @@ def ensure_tiny_lm(home: Path | str, cfg: TinyLMConfig | None = None, progress: 
     """The cached model directory ``home/cache/tiny-lm-<cache_key>``, trained first if it is missing
     (`forgetd.demo.cache.ensure_built`: under a lock, renamed into place when finished). Always built on one
     thread (`forgetd.demo.cache.CACHE_BUILD_THREADS`), so a key names one set of weights on a machine."""
-    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built
+    from forgetd.demo.cache import CACHE_BUILD_THREADS, ensure_built, finished_build
 
     cfg = cfg or _default_config()
-    return ensure_built(home, f"tiny-lm-{cfg.cache_key()}", ready=lambda d: (d / DEMO_META_FILE).is_file(),
+    return ensure_built(home, f"tiny-lm-{cfg.cache_key()}", ready=lambda d: finished_build(d / DEMO_META_FILE),
                         build=lambda d: train_tiny_lm(cfg, d, progress, threads=CACHE_BUILD_THREADS))
 
 

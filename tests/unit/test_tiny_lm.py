@@ -180,6 +180,24 @@ def test_cached_builds_run_on_one_thread_whatever_the_callers_count(tmp_path):
     finally:
         torch.set_num_threads(THREADS)
     assert read_demo_meta(path)["metrics"]["threads"] == 1
+    # an entry an earlier version built on two threads (the benches did) is built again, not reused
+    meta = json.loads((path / DEMO_META_FILE).read_text())
+    meta["metrics"]["threads"] = 2
+    (path / DEMO_META_FILE).write_text(json.dumps(meta))
+    assert ensure_tiny_lm(tmp_path, replace(SMALL, max_steps=2, eval_every=1)) == path
+    assert read_demo_meta(path)["metrics"]["threads"] == 1
+
+
+def test_finished_build_needs_a_one_thread_meta_file(tmp_path):
+    from forgetd.demo.cache import finished_build
+
+    meta = tmp_path / DEMO_META_FILE
+    assert not finished_build(meta)  # missing: still building, or killed
+    for text in ("{", "[]", '{"metrics": null}', '{"metrics": {"threads": 2}}'):
+        meta.write_text(text)
+        assert not finished_build(meta), text
+    meta.write_text('{"metrics": {"threads": 1}}')
+    assert finished_build(meta)
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
