@@ -230,7 +230,12 @@ def _estimate_summary(estimate: list[float], per_seed: dict[str, list[float]], f
 
 
 def _corr(a: list[float], b: list[float]) -> float:
-    return statistics.correlation(a, b) if len(a) > 1 else float("nan")
+    """Pearson correlation; NaN where it is undefined (fewer than two people, or one side constant, as with
+    `--people 2` when two people's estimates tie)."""
+    try:
+        return statistics.correlation(a, b)
+    except statistics.StatisticsError:
+        return float("nan")
 
 
 def _summary(per_seed: dict[str, list[float]], estimate: list[float], first: int) -> dict:
