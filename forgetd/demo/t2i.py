@@ -74,19 +74,18 @@ def run(as_: Callable[[str], "api.Context"], cache_dir: Path, workdir: Path, *, 
                        dataset=str(shapes.dataset_path(root)))
     grids = workdir / "t2i-grids"
     grids.mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[str]] = {"before": [], "after_dynamic": [], "after_merged": []}
-    for prompt in PROMPTS:
-        files["before"].append(api.generate(alice, MODEL, prompt, grids / f"before-{_slug(prompt)}.png", n=16)["out"])
+    files = {"before": [r["out"] for r in api.generate_many(
+        alice, MODEL, [(prompt, grids / f"before-{_slug(prompt)}.png") for prompt in PROMPTS], n=16)]}
     record = api.request_submit(alice, {"model": MODEL, "policy": "copyright-concept",
                                         "subject": "rights-desk@studio.example", "forget": {"concept": CONCEPT}})
     api.request_approve(as_("bob"), record["id"])
     api.tick(alice, model=MODEL, progress=progress)
     shown = api.request_show(alice, record["id"])
     served = [c for c in api.checkpoint_list(alice, MODEL) if "prod" in c["aliases"]][0]
-    for prompt in PROMPTS:
-        for mode in ("dynamic", "merged"):
-            out = grids / f"after-{mode}-{_slug(prompt)}.png"
-            files[f"after_{mode}"].append(api.generate(alice, MODEL, prompt, out, mode=mode, n=16)["out"])
+    for mode in ("dynamic", "merged"):
+        files[f"after_{mode}"] = [r["out"] for r in api.generate_many(
+            alice, MODEL, [(prompt, grids / f"after-{mode}-{_slug(prompt)}.png") for prompt in PROMPTS],
+            mode=mode, n=16)]
     return {"request": record["id"], "concept": CONCEPT, "status": shown["status"], "reason": shown["status_reason"],
             "served_version": served["version"], "evidence": _evidence(alice, record["id"]), "grids": str(grids),
             "files": files, "model_metrics": shapes.read_demo_meta(root).get("metrics", {})}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -117,6 +118,23 @@ def test_concepts_are_erased_through_the_pipeline(settings, tmp_path, shapes_mod
         assert result["version"] == 1 and result["adapters"] == 1
         image = np.asarray(Image.open(out))
         assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] == image.shape[1]
+    # Several prompts through one load: each PNG is the one-prompt call's, byte for byte (under transport the
+    # prompts take different adapter scales).
+    prompts = ["a red circle", "a green box", "a blue plus sign"]
+    for mode in ("merged", "dynamic"):
+        one = [api.generate(ctx, "shapes", p, tmp_path / f"one-{mode}-{i}.png", mode=mode, n=4, seed=3)["out"]
+               for i, p in enumerate(prompts)]
+        many = api.generate_many(ctx, "shapes", [(p, tmp_path / f"many-{mode}-{i}.png") for i, p in enumerate(prompts)],
+                                 mode=mode, n=4, seed=3)
+        assert [r["version"] for r in many] == [1, 1, 1]
+        assert [Path(r["out"]).read_bytes() for r in many] == [Path(o).read_bytes() for o in one]
+    # one bad pair refuses them all before anything is written
+    with pytest.raises(InputError) as bad:
+        api.generate_many(ctx, "shapes", [("a red circle", tmp_path / "first.png"), ("a box", tmp_path / "x.jpg")])
+    assert bad.value.field == "--out" and not (tmp_path / "first.png").exists()
+    with pytest.raises(InputError) as bad:
+        api.generate_many(ctx, "shapes", [("a red circle", tmp_path / "same.png"), ("a box", tmp_path / "same.png")])
+    assert bad.value.field == "--out" and not (tmp_path / "same.png").exists()
     with pytest.raises(InputError) as bad:
         api.generate(ctx, "shapes", "", tmp_path / "x.png")
     assert bad.value.field == "--prompt"
