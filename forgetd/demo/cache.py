@@ -28,7 +28,8 @@ def finished_build(meta_file: Path) -> bool:
         meta = json.loads(Path(meta_file).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and (meta.get("metrics") or {}).get("threads") == CACHE_BUILD_THREADS
+    metrics = meta.get("metrics") if isinstance(meta, dict) else None
+    return isinstance(metrics, dict) and metrics.get("threads") == CACHE_BUILD_THREADS
 
 
 def write_atomic(path: Path, text: str) -> None:

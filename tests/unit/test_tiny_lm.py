@@ -193,7 +193,7 @@ def test_finished_build_needs_a_one_thread_meta_file(tmp_path):
 
     meta = tmp_path / DEMO_META_FILE
     assert not finished_build(meta)  # missing: still building, or killed
-    for text in ("{", "[]", '{"metrics": null}', '{"metrics": {"threads": 2}}'):
+    for text in ("{", "[]", '{"metrics": null}', '{"metrics": [1]}', '{"metrics": {"threads": 2}}'):
         meta.write_text(text)
         assert not finished_build(meta), text
     meta.write_text('{"metrics": {"threads": 1}}')
