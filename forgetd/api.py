@@ -126,7 +126,11 @@ def db_upgrade(ctx: Context, revision: str = "head") -> dict[str, Any]:
 
     engine = _raw_engine(ctx)
     before = schema.current_revision(engine)
-    schema.upgrade(engine, ctx.settings.migrations_dir, revision)
+    try:
+        schema.upgrade(engine, ctx.settings.migrations_dir, revision)
+    except schema.BadRevision as exc:
+        known = ", ".join(schema.revisions(ctx.settings.migrations_dir))
+        raise InputError(f"{exc}; give one of {known} or head", field="--revision") from exc
     return {"from": before, "to": schema.current_revision(engine)}
 
 
@@ -916,6 +920,36 @@ def audit_export(ctx: Context, fmt: str) -> Iterator[str]:
         raise InputError("must be jsonl or csv", field="--format")
     with ctx.session() as s:
         yield from audit.export_lines(s, fmt)
+
+
+def audit_export_file(ctx: Context, fmt: str, out: Path | str) -> dict[str, Any]:
+    """The whole trail written to `out`, all or nothing: into a temporary file beside it, renamed into place
+    once the last line is written, so an export that fails half way leaves no truncated archive (and an
+    earlier file of that name as it was)."""
+    import os
+
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; name a file in it", field="--out")
+    if not out.parent.is_dir():
+        raise InputError(f"no such folder: {out.parent}; create it first", field="--out")
+    if fmt not in ("jsonl", "csv"):
+        raise InputError("must be jsonl or csv", field="--format")
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    lines = 0
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            for line in audit_export(ctx, fmt):
+                f.write(line)
+                lines += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except PermissionError as exc:
+        raise InputError(f"cannot write in {out.parent} ({exc.strerror})", field="--out") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "lines": lines, "format": fmt}
 
 
 # --- checkpoints and lineage -------------------------------------------------------------------------

@@ -136,6 +136,9 @@ def check_forget_spec(spec: Any, *, kind: RequestKind, data_root: Path, field: s
         if key in FORGET_LIST_FIELDS:
             if not isinstance(value, list):
                 raise InputError("must be a list", field=sub)
+            if not value:
+                # an empty list would pass intake, review and approval, then fail at training with nothing to forget
+                raise InputError("must not be empty; list what to forget, or leave the key out", field=sub)
             if len(value) > MAX_LIST_ITEMS:
                 raise InputError(f"at most {MAX_LIST_ITEMS} items", field=sub)
             items = []

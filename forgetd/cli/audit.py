@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from forgetd.cli.context import api_context
@@ -63,7 +65,8 @@ def log(ctx, request_id, subject, limit, as_json) -> None:
 
 @audit.command()
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--out", type=click.File("w"), default="-", help="Output file (default stdout).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file, written whole or not at all (default stdout).")
 @click.pass_context
 def export(ctx, fmt, out) -> None:
     """Export the whole trail with hashes, for archiving or external verification.
@@ -72,5 +75,10 @@ def export(ctx, fmt, out) -> None:
     """
     from forgetd import api
 
-    for line in api.audit_export(api_context(ctx), fmt):
-        out.write(line)
+    if out is None or str(out) == "-":
+        stdout = click.get_text_stream("stdout")  # not click.echo: it strips escape sequences off a pipe
+        for line in api.audit_export(api_context(ctx), fmt):
+            stdout.write(line)
+        return
+    result = api.audit_export_file(api_context(ctx), fmt, out)
+    click.echo(f"wrote {result['lines']} lines to {result['path']}", err=True)

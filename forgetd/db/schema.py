@@ -26,6 +26,14 @@ def alembic_config(migrations_dir: Path, engine: Engine | None = None):
     return cfg
 
 
+def revisions(migrations_dir: Path) -> list[str]:
+    """Every revision the migration scripts define, oldest name first (read without running them)."""
+    _require_migrations(migrations_dir)
+    scripts = sorted((migrations_dir / "versions").glob("*.py"))
+    found = (_module_constants(path, ("revision",)).get("revision") for path in scripts)
+    return [r for r in found if isinstance(r, str)]
+
+
 def head_revision(migrations_dir: Path) -> str:
     """The one head of the migration scripts. Every command but `init` and `db …` checks the schema against
     it, so it is read from the scripts' `revision` and `down_revision` assignments: importing Alembic and
@@ -73,11 +81,25 @@ def current_revision(engine: Engine) -> str | None:
         return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
+class BadRevision(Exception):
+    """The target revision resolves to no migration script, or to none reachable that way (Alembic's message,
+    without its traceback)."""
+
+
 def _run(engine: Engine, migrations_dir: Path, fn, revision: str) -> None:
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
     cfg = alembic_config(migrations_dir)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        fn(cfg, revision)
+        try:
+            fn(cfg, revision)
+        except (CommandError, RevisionError) as exc:
+            # Alembic re-raises a RevisionError of the scripts as CommandError; other CommandErrors stay errors
+            if isinstance(exc, RevisionError) or isinstance(exc.__cause__, RevisionError):
+                raise BadRevision(str(exc)) from exc
+            raise
 
 
 def upgrade(engine: Engine, migrations_dir: Path, revision: str = "head") -> None:

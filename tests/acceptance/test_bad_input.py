@@ -158,6 +158,7 @@ CASES = [
     Case("forget-not-an-object", **submit_forget(["a", "b"]), field="forget"),
     Case("forget-unknown-key", **submit_forget({"textz": ["a"]}), field="forget.textz"),
     Case("forget-texts-not-a-list", **submit_forget({"texts": "just one"}), field="forget.texts"),
+    Case("forget-texts-empty-list", **submit_forget({"texts": []}), field="forget.texts", also=("not be empty",)),
     Case("forget-texts-item-wrong-type", **submit_forget({"texts": ["ok", 7]}), field="forget.texts[1]"),
     Case("forget-texts-control-char", **submit_forget({"texts": ["nul\u0000byte"]}), field="forget.texts[0]"),
     Case("forget-labels-item-wrong-type", **submit_forget({"labels": [{"a": 1}]}, "class-removal"),
@@ -281,6 +282,11 @@ CASES = [
     Case("audit-log-subject-control-char", ("audit", "log", "--subject", "a\x1fb"), "--subject"),
     Case("audit-log-both-filters", ("audit", "log", "--request", UNKNOWN_ID, "--subject", "x@y"), "--subject"),
     Case("audit-log-bad-limit", ("audit", "log", "--limit", "0"), "--limit"),
+    Case("audit-export-into-a-missing-folder", ("audit", "export", "--out", "{in}/no/trail.jsonl"), "--out",
+         also=("create it first",)),
+    Case("audit-export-onto-a-folder", ("audit", "export", "--out", "{in}"), "--out", also=("is a folder",)),
+    # --- db ---------------------------------------------------------------------------------------------------
+    Case("db-upgrade-unknown-revision", ("db", "upgrade", "--revision", "0009"), "--revision", also=("0001",)),
     # --- environment --------------------------------------------------------------------------------------
     Case("env-database-url-unsupported", submit(), "FORGETD_DATABASE_URL", env={"FORGETD_DATABASE_URL": "mysql://x/y"}),
     Case("env-database-url-garbage", ("request", "list"), "FORGETD_DATABASE_URL",

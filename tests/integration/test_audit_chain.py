@@ -137,6 +137,39 @@ def test_export_matches_the_chain(trail, cli_env):
     assert len(csv_out.stdout.splitlines()) == 15
 
 
+def test_export_to_a_file_is_whole_or_nothing(trail, cli_env, tmp_path):
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    out = tmp_path / "trail.jsonl"
+    done = run_cli(["audit", "export", "--out", str(out)], cli_env)
+    assert done.returncode == 0 and "wrote 14 lines" in done.stderr and done.stdout == ""
+    assert out.read_text() == run_cli(["audit", "export"], cli_env).stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["trail.jsonl"]  # no temporary file left behind
+    # a folder that is not there: refused by name, nothing created (click.File used to open lazily and exit 0)
+    missing = run_cli(["audit", "export", "--out", str(tmp_path / "no" / "trail.jsonl")], cli_env)
+    assert missing.returncode == 2 and "--out" in missing.stderr and "create it first" in missing.stderr
+    assert not (tmp_path / "no").exists() and "Traceback" not in missing.stderr
+    folder = run_cli(["audit", "export", "--out", str(tmp_path)], cli_env)
+    assert folder.returncode == 2 and "is a folder" in folder.stderr
+
+
+def test_export_that_fails_half_way_keeps_the_earlier_file(trail, tmp_path, monkeypatch):
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    out = tmp_path / "trail.csv"
+    out.write_text("the archive from yesterday\n")
+
+    def failing(s, fmt):
+        yield "seq,at\n"
+        raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(audit, "export_lines", failing)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        api.audit_export_file(trail, "csv", out)
+    assert out.read_text() == "the archive from yesterday\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["trail.csv"]
+
+
 APPENDER = textwrap.dedent(
     """
     import sys

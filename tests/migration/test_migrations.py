@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 from forgetd.db import schema
 from forgetd.db.engine import make_engine
 from forgetd.errors import SchemaOutOfDate
-from tests.conftest import MIGRATIONS, REPO
+from tests.conftest import MIGRATIONS, REPO, run_cli
 
 TABLES = {
     "models", "requests", "request_transitions", "audit_events", "audit_chain_head", "checkpoints", "adapters",
@@ -71,6 +71,25 @@ def test_out_of_date_schema_is_refused(empty_url):
         schema.ensure_current(engine, MIGRATIONS)
     finally:
         engine.dispose()
+
+
+def test_an_unknown_target_revision_changes_nothing(empty_url):
+    engine = make_engine(empty_url)
+    try:
+        schema.upgrade(engine, MIGRATIONS, "0002")
+        for bad in ("bogus", "+9", "000"):
+            with pytest.raises(schema.BadRevision):
+                schema.upgrade(engine, MIGRATIONS, bad)
+            assert schema.current_revision(engine) == "0002"
+        assert schema.revisions(MIGRATIONS)[-1] == schema.head_revision(MIGRATIONS)
+    finally:
+        engine.dispose()
+
+
+def test_cli_names_the_revision_field(cli_env):
+    bad = run_cli(["db", "upgrade", "--revision", "bogus"], cli_env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("error: --revision: ") and "0001" in bad.stderr and "head" in bad.stderr
 
 
 def test_revisions_are_self_contained():
