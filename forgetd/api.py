@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1231,10 +1232,26 @@ def serve(ctx: Context, options) -> int:
     """Run the background service until SIGTERM (see forgetd.jobs.service)."""
     from forgetd.jobs.service import Daemon
 
+    _check_serve_options(options)
     ctx.engine  # noqa: B018 -- refuse to start on an out-of-date schema before anything else
     if options.executor in ("local", "inline"):  # its jobs run on this machine; a Ray worker checks its own
         _check_device(ctx)
     return Daemon(ctx, options).run()
+
+
+_GPU_ID = re.compile(r"\d{1,3}|(?:GPU|MIG)-[0-9A-Za-z-]{1,80}")
+
+
+def _check_serve_options(options) -> None:
+    """What CUDA_VISIBLE_DEVICES accepts (an index or a GPU/MIG UUID), for an executor that uses it: else the
+    daemon would start and every job would run where the operator did not mean it to."""
+    bad = [g for g in options.gpus if not _GPU_ID.fullmatch(g.strip())]
+    if bad:
+        raise InputError(f"{bad[0]!r} is not a GPU id: give indices or UUIDs as nvidia-smi -L lists them, "
+                         "e.g. --gpus 0,1", field="--gpus")
+    if options.gpus and options.executor == "inline":
+        raise InputError("the inline executor runs jobs in this process and cannot pin them to GPUs; "
+                         "use --executor local", field="--gpus")
 
 
 def _check_device(ctx: Context) -> None:

@@ -24,10 +24,12 @@ from forgetd.cli.context import api_context
               help="On SIGTERM, seconds running jobs get to finish before their leases are released.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--ray-address", default=None, help="Ray cluster address for --executor ray (default: RAY_ADDRESS or auto).")
+@click.option("--ray-wait", "ray_wait_seconds", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="Seconds to wait for the Ray cluster at the address to answer before giving up.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 @click.pass_context
 def serve(ctx, executor, slots, gpus, poll_seconds, plan_seconds, sweep_seconds, compose_every, grace_seconds,
-          metrics_port, ray_address, log_level) -> None:
+          metrics_port, ray_address, ray_wait_seconds, log_level) -> None:
     """Run the service: claim and run jobs; as leader, plan work, compose on each policy's cadence and
     sweep deadlines. Stops cleanly on SIGTERM. Refuses to start on an out-of-date schema.
 
@@ -40,8 +42,8 @@ def serve(ctx, executor, slots, gpus, poll_seconds, plan_seconds, sweep_seconds,
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check is not news
-    options = ServeOptions(executor=executor, slots=slots, gpus=[g for g in gpus.split(",") if g.strip()],
+    options = ServeOptions(executor=executor, slots=slots, gpus=[g.strip() for g in gpus.split(",") if g.strip()],
                            poll_seconds=poll_seconds, plan_seconds=plan_seconds, sweep_seconds=sweep_seconds,
                            compose_every=compose_every, grace_seconds=grace_seconds, metrics_port=metrics_port,
-                           ray_address=ray_address)
+                           ray_address=ray_address, ray_wait_seconds=ray_wait_seconds)
     ctx.exit(api.serve(api_context(ctx), options))

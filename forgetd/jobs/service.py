@@ -198,6 +198,7 @@ class ServeOptions:
     grace_seconds: float = 20.0
     metrics_port: int | None = None
     ray_address: str | None = None
+    ray_wait_seconds: float = 60.0
 
 
 class Daemon:
@@ -312,7 +313,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         executor = make_executor(o.executor, slots=o.slots, backoff=self.backoff, gpus=o.gpus,
-                                 ray_address=o.ray_address, worker_start=self.ctx.settings.worker_start)
+                                 ray_address=o.ray_address, ray_wait_seconds=o.ray_wait_seconds,
+                                 worker_start=self.ctx.settings.worker_start)
         if o.metrics_port is not None:
             from forgetd.jobs.metrics import start_metrics_server
 

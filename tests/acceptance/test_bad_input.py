@@ -302,6 +302,15 @@ CASES = [
          also=("cpu, auto", "cuda:N", "'gpu'")),
     Case("env-device-bad-index", ("request", "list"), "FORGETD_DEVICE",
          env={"FORGETD_DEVICE": "cuda:first"}),
+    # --- serve: refused before it claims, plans or audits anything ---------------------------------------------
+    Case("serve-gpus-not-an-id", ("serve", "--gpus", "0,first"), "--gpus", also=("'first'",)),
+    Case("serve-gpus-with-inline-executor", ("serve", "--executor", "inline", "--gpus", "0"), "--gpus",
+         also=("--executor local",)),
+    Case("serve-ray-address-malformed", ("serve", "--executor", "ray", "--ray-address", "head-node"), "--ray-address",
+         also=("host:port",)),
+    Case("serve-ray-address-nothing-listening",
+         ("serve", "--executor", "ray", "--ray-address", "127.0.0.1:1", "--ray-wait", "0"), "--ray-address",
+         also=("no Ray cluster answers at 127.0.0.1:1",)),
     Case("env-worker-start-unknown", ("serve", "--executor", "local"), "FORGETD_WORKER_START",
          env={"FORGETD_WORKER_START": "fork"}, also=("forkserver or spawn", "'fork'")),
 ]

@@ -32,7 +32,7 @@ class Executor(Protocol):
 
 
 def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = None,
-                  ray_address: str | None = None, worker_start: str) -> Executor:
+                  ray_address: str | None = None, ray_wait_seconds: float = 60.0, worker_start: str) -> Executor:
     if name == "inline":
         from forgetd.jobs.executors.inline import InlineExecutor
 
@@ -44,5 +44,6 @@ def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = No
     if name == "ray":
         from forgetd.jobs.executors.ray import RayExecutor
 
-        return RayExecutor(slots=slots, backoff=backoff, address=ray_address, gpus_per_job=1.0 if gpus else 0.0)
+        return RayExecutor(slots=slots, backoff=backoff, address=ray_address, gpus_per_job=1.0 if gpus else 0.0,
+                           wait_seconds=ray_wait_seconds)
     raise InputError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}", field="executor")

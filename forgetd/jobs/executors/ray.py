@@ -62,18 +62,91 @@ def _forgetd_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("FORGETD_") or k in ("HF_HUB_OFFLINE",)}
 
 
+CONNECT_WAIT_SECONDS = 60.0  # a head that starts beside the daemon (docker compose) is up well within this
+
+
+def connect(address: str | None, *, wait_seconds: float = CONNECT_WAIT_SECONDS) -> None:
+    """ray.init on the cluster the operator named, or a clear error naming where the address came from.
+
+    Ray keeps retrying an address nothing answers at (it logged "Failed to connect to GCS" for minutes
+    here, and the daemon never started), and with no cluster at all it raises a ConnectionError that
+    reached the operator as an internal error. So a `host:port` address is resolved and connected to
+    first, for up to `wait_seconds`, then Ray is asked to join."""
+    from forgetd.errors import ConfigError, InputError
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    field = "--ray-address" if address else "RAY_ADDRESS" if given else "--executor"
+    target = (given or "auto").strip()
+    host_port = _host_port(target)
+    if host_port is None and target not in ("auto", "local"):
+        raise InputError(f"{target!r} is not a Ray address: give host:port (e.g. 10.0.0.5:6379), ray://host:port "
+                         "or auto", field=field)
+    if host_port is not None:
+        problem = _wait_for_port(*host_port, wait_seconds)
+        if problem:
+            raise ConfigError(f"no Ray cluster answers at {target} after {wait_seconds:g} s ({problem}); start "
+                              "its head (`ray start --head`) or fix the address", field=field)
+    import ray
+
+    try:
+        ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+    except ConnectionError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
+        where = f"at {target}" if given else "on this machine (RAY_ADDRESS is not set)"
+        raise ConfigError(f"no Ray cluster {where}: {first}; start one (`ray start --head`) or give "
+                          "--ray-address", field=field) from exc
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of `host:port`, `[v6]:port` or `ray://host:port`; None for what is not of that form."""
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _wait_for_port(host: str, port: int, wait_seconds: float) -> str | None:
+    """None once a TCP connection to host:port opens; else, after `wait_seconds`, why the last try failed."""
+    import logging
+    import socket
+    import time
+
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(wait_seconds, 0.1))):
+                return None
+        except OSError as exc:
+            problem = f"cannot resolve {host}" if isinstance(exc, socket.gaierror) else (exc.strerror or str(exc))
+        if time.monotonic() >= deadline:
+            return problem
+        if not told:
+            logging.getLogger("forgetd.serve").warning("waiting up to %.0f s for Ray at %s:%d (%s)", wait_seconds,
+                                                       host, port, problem)
+            told = True
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, *, slots: int, backoff: Backoff, address: str | None, gpus_per_job: float = 0.0) -> None:
-        import ray
+    def __init__(self, *, slots: int, backoff: Backoff, address: str | None, gpus_per_job: float = 0.0,
+                 wait_seconds: float = CONNECT_WAIT_SECONDS) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            from forgetd.errors import ConfigError
+
+            raise ConfigError("Ray is not installed here: pip install 'forgetd[ray]', or use --executor local",
+                              field="--executor") from exc
 
         self.slots = slots
         self.backoff = backoff
         self.gpus_per_job = gpus_per_job
         if not ray.is_initialized():
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", namespace=NAMESPACE,
-                     log_to_driver=False, logging_level="WARNING")
+            connect(address, wait_seconds=wait_seconds)
         self._actor_cls = ray.remote(max_concurrency=2)(_JobActor)
         self._watched: dict[int, tuple[Any, Claim | None, str]] = {}
 
