@@ -230,6 +230,9 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
     base_sha256, files = hash_model_dir(directory)
     if not files:
         raise InputError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under the directory", field="--path")
+    from forgetd.families import family_module
+
+    family_module(family).check_model_dir(directory)
     dataset_sha256, reference_split = (
         _store_dataset(ctx, Path(dataset).expanduser(), family=family, model_dir=directory) if dataset else (None, None)
     )

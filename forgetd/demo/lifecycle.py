@@ -15,22 +15,27 @@ from typing import Any
 from forgetd import api
 from forgetd.config import load_settings
 
+DEMO_FEATURES = ("income", "debt", "savings", "age", "years_employed", "open_loans", "late_payments",
+                 "credit_lines", "dependants", "homeowner")
+
 
 def build_demo_weights(directory: Path, *, seed: int = 0) -> Path:
-    """A small tabular decision model's weights (safetensors), so registration hashes real files."""
+    """A small tabular decision model (forgetd-tabular/v1, random weights: the lifecycle part trains
+    nothing), written with numpy so this part imports no torch; registration checks it like any model."""
     import numpy as np
     from safetensors.numpy import save_file
 
+    from forgetd.families.tabular_classifier import TabularConfig, expected_tensors
+
+    config = TabularConfig(features=tuple({"name": name} for name in DEMO_FEATURES), class_names=("deny", "approve"),
+                           hidden_sizes=(16,), favorable_class=1)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    tensors = {
-        "layers.0.weight": rng.standard_normal((16, 10)).astype("float32"),
-        "layers.0.bias": np.zeros(16, dtype="float32"),
-        "layers.1.weight": rng.standard_normal((2, 16)).astype("float32"),
-        "layers.1.bias": np.zeros(2, dtype="float32"),
-    }
-    save_file(tensors, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps({"architecture": "mlp", "in_features": 10, "hidden": 16}))
+    tensors = {name: (np.ones(shape) if name == "input_std" else np.zeros(shape) if name.endswith(("bias", "mean"))
+                      else rng.standard_normal(shape)).astype("float32")
+               for name, shape in expected_tensors(config).items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return directory
 
 

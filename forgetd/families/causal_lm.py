@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from forgetd.errors import DomainError, IntegrityFailure
+from forgetd.errors import DomainError, InputError, IntegrityFailure
 
 QA_PROMPT = "Question: {question} Answer:"
 
@@ -67,6 +67,26 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Registration's check (forgetd.families.model_files): a config of a model type AutoModelForCausalLM
+    loads, whole safetensors files, and a tokenizer that loads; the weights themselves are not loaded."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from forgetd.families.model_files import FIELD, check_safetensors, read_json_object
+
+    config = read_json_object(Path(model_dir), "config.json", what="Hugging Face causal LM directory")
+    model_type = config.get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise InputError(f"config.json's model_type {model_type!r} is not a causal LM (AutoModelForCausalLM has no "
+                         "such type); check --family", field=FIELD)
+    check_safetensors(Path(model_dir))
+    try:
+        load_tokenizer(Path(model_dir))
+    except Exception as exc:  # noqa: BLE001 -- any failure here means the pipeline could not tokenize
+        raise InputError(f"the causal LM's tokenizer does not load from the directory ({type(exc).__name__}); "
+                         "save it beside the model (tokenizer.save_pretrained)", field=FIELD) from None
 
 
 # Module names per architecture: "mlp" targets the feed-forward block, "attn" the attention projections.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from forgetd.errors import DomainError
+from forgetd.errors import DomainError, InputError
 
 # Weight integrity and library chatter are family-independent: one implementation for every family.
 from forgetd.families.causal_lm import check_weights, quiet_transformers
@@ -29,6 +29,7 @@ from forgetd.families.causal_lm import check_weights, quiet_transformers
 __all__ = [
     "ForgetData",
     "Images",
+    "check_model_dir",
     "check_weights",
     "checks",
     "evaluate",
@@ -62,6 +63,18 @@ def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: st
 def load_tokenizer(model_dir: Path) -> None:
     """No processor object: see the module docstring (the pipeline passes this through unchanged)."""
     return None
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Registration's check (forgetd.families.model_files): a ViT config (what `load_model` loads) with its
+    class labels, and whole safetensors files; the weights themselves are not loaded."""
+    from forgetd.families.model_files import FIELD, check_safetensors, read_json_object
+
+    config = read_json_object(Path(model_dir), "config.json", what="Hugging Face ViT image classifier directory")
+    if config.get("model_type") != "vit":
+        raise InputError(f"config.json's model_type is {config.get('model_type')!r}; image_classifier loads ViT "
+                         "models (ViTForImageClassification); check --family", field=FIELD)
+    check_safetensors(Path(model_dir))
 
 
 # --- LoRA targets and groups ----------------------------------------------------------------------------

@@ -224,6 +224,38 @@ def save_model(model, config: TabularConfig, out_dir: Path) -> Path:
     return out_dir
 
 
+def expected_tensors(config: TabularConfig) -> dict[str, list[int]]:
+    """The state dict `load_model` needs for `config`: name → shape."""
+    sizes = [config.n_features, *config.hidden_sizes, len(config.class_names)]
+    tensors = {"input_mean": [config.n_features], "input_std": [config.n_features]}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        tensors[f"layers.{i}.weight"] = [b, a]
+        tensors[f"layers.{i}.bias"] = [b]
+    return tensors
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Registration's check (forgetd.families.model_files): a forgetd-tabular/v1 config and a whole
+    model.safetensors holding exactly the tensors, of the shapes, that config needs (read from its header)."""
+    from forgetd.families.model_files import FIELD, safetensors_header
+
+    try:
+        config = read_config(model_dir)
+    except InputError as exc:
+        raise InputError(f"config.json: {exc.message}; a tabular_classifier directory is what "
+                         "tabular_classifier.save_model writes", field=FIELD) from None
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(f"no {WEIGHTS_FILE} in the model directory", field=FIELD)
+    found = {name: list(t.get("shape", [])) for name, t in safetensors_header(path).items()}
+    expected = expected_tensors(config)
+    if found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found[n] != expected[n])
+        raise InputError(f"{WEIGHTS_FILE} does not match config.json (first difference: {wrong[0]}): "
+                         f"expected {len(expected)} tensors for {config.n_features} features, hidden sizes "
+                         f"{list(config.hidden_sizes)} and {len(config.class_names)} classes", field=FIELD)
+
+
 def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: str = "float32"):
     import torch
     from safetensors.torch import load_file

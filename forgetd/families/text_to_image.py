@@ -99,6 +99,26 @@ def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: st
     return pipe
 
 
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Registration's check (forgetd.families.model_files): a diffusers StableDiffusionPipeline folder with
+    its parts, forgetd's generation settings, the verifier, and whole safetensors files; nothing is loaded."""
+    from forgetd.families.model_files import FIELD, check_safetensors, read_json_object
+
+    model_dir = Path(model_dir)
+    what = "diffusers text-to-image pipeline directory"
+    index = read_json_object(model_dir, "model_index.json", what=what)
+    missing = [part for part in PIPELINE_PARTS if part not in index or not (model_dir / part).is_dir()]
+    if missing:
+        raise InputError(f"the pipeline has no {missing[0]}/ (model_index.json and a folder per part: "
+                         f"{', '.join(PIPELINE_PARTS)})", field=FIELD)
+    read_json_object(model_dir, SETTINGS_FILE, what=f"forgetd {what} (its generation settings)")
+    read_json_object(model_dir, f"{VERIFIER_DIR}/config.json", what=f"forgetd {what} (its verifier)")
+    check_safetensors(model_dir)
+
+
 def load_tokenizer(model_dir: Path) -> "Verifier":
     """The verifier (see the module docstring), in eval mode."""
     directory = Path(model_dir) / VERIFIER_DIR

@@ -111,6 +111,13 @@ def _model_dir(indir: Path, home: Path) -> None:
     make_model_dir(indir / "model2")
 
 
+def _truncated_model_dir(indir: Path, home: Path) -> None:
+    _model_dir(indir, home)
+    weights = indir / "model2" / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size - 4)
+
+
 def _dataset_json(**extra) -> str:
     return json.dumps({"format": "forgetd-records/v1", "retain": ["a"], "reference": ["b"],
                        "records": {"a": {"texts": ["trained"]}, "b": {"texts": ["never seen", "nor this"]}}, **extra})
@@ -247,14 +254,22 @@ CASES = [
          ("model", "register", MODEL, "--family", "tabular_classifier", "--path", "{in}/model2"), "NAME",
          prepare=_model_dir),
     Case("model-register-reference-split-wrong-length",
-         ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2", "--dataset", "{in}/ds.json"),
+         ("model", "register", "m2", "--family", "tabular_classifier", "--path", "{in}/model2", "--dataset",
+          "{in}/ds.json"),
          "--dataset", prepare=_model_dir, also=("reference_split", "one 0 (calibration) or 1"),
          files={"ds.json": _dataset_json(reference_split=[0, 1, 1])}),
     Case("model-register-reference-split-one-half",
-         ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2", "--dataset", "{in}/ds.json"),
+         ("model", "register", "m2", "--family", "tabular_classifier", "--path", "{in}/model2", "--dataset",
+          "{in}/ds.json"),
          "--dataset", prepare=_model_dir, also=("reference_split", "each half"),
          files={"ds.json": _dataset_json(reference_split=[1, 1])}),
-    # a causal_lm dataset's reference halves are matched on the model's scores: the model must load
+    # registration checks the directory is a model of the family named (a tabular model is no causal LM)
+    Case("model-register-wrong-family", ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2"),
+         "--path", prepare=_model_dir, also=("not a causal LM", "check --family")),
+    Case("model-register-truncated-weights",
+         ("model", "register", "m2", "--family", "tabular_classifier", "--path", "{in}/model2"), "--path",
+         prepare=_truncated_model_dir,
+         also=("model.safetensors is cut short",)),
     Case("model-register-causal-lm-does-not-load",
          ("model", "register", "m2", "--family", "causal_lm", "--path", "{in}/model2", "--dataset", "{in}/ds.json"),
          "--path", prepare=_model_dir, also=("causal LM",), files={"ds.json": _dataset_json()}),

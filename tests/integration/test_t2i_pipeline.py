@@ -52,6 +52,31 @@ def shapes_model(tmp_path_factory):
     return shapes.model_path(root), shapes.dataset_path(root)
 
 
+def test_registration_checks_the_pipeline_directory(shapes_model, tmp_path):
+    from forgetd.errors import InputError
+    from forgetd.families import family_module
+
+    model_dir, _ = shapes_model
+    check = family_module("text_to_image").check_model_dir
+    check(model_dir)
+    for other in ("causal_lm", "image_classifier", "tabular_classifier"):
+        with pytest.raises(InputError):
+            family_module(other).check_model_dir(model_dir)
+    copy = Path(shutil.copytree(model_dir, tmp_path / "copy"))
+    shutil.rmtree(copy / "verifier")
+    with pytest.raises(InputError, match="no verifier/config.json"):
+        check(copy)
+    shutil.copytree(model_dir / "verifier", copy / "verifier")
+    unet = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    with unet.open("r+b") as f:
+        f.truncate(unet.stat().st_size - 1)
+    with pytest.raises(InputError, match="unet/diffusion_pytorch_model.safetensors is cut short"):
+        check(copy)
+    shutil.rmtree(copy / "scheduler")
+    with pytest.raises(InputError, match="no scheduler/"):
+        check(copy)
+
+
 def _context(settings, tmp_path):
     policies = tmp_path / "policies"
     policies.mkdir()
