@@ -67,7 +67,22 @@ class Operators:
             ctx.close()
 
 
+def check_demo_home(home: Path) -> None:
+    """The demo starts from nothing: a folder that is missing or empty. In a used one (an earlier demo's, or a
+    real FORGETD_HOME) it would have overwritten the registered credit-mlp weights, written to that SQLite
+    database and then stopped at "model credit-mlp is already registered"."""
+    from forgetd.errors import InputError
+
+    home = Path(home)
+    if home.exists() and not home.is_dir():
+        raise InputError(f"{home} is a file; give a new or empty folder", field="--home")
+    if home.is_dir() and any(home.iterdir()):
+        raise InputError(f"{home} is not empty; the demo needs a new or empty folder (leave --home out for a "
+                         "temporary one)", field="--home")
+
+
 def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any]:
+    check_demo_home(home)
     base = demo_settings(home)
     as_ = Operators(base)
     steps: list[str] = []
