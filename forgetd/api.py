@@ -222,6 +222,7 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
     from forgetd.intake import check_name
 
     check_name(name, field="NAME", what="model")
+    ctx.engine  # noqa: B018 -- an out-of-date schema is refused before the directory is hashed and checked
     if family not in FAMILY_VALUES:
         raise InputError(f"must be one of {', '.join(FAMILY_VALUES)}", field="--family")
     directory = Path(path).expanduser()
