@@ -30,7 +30,13 @@ def check_weights(model_dir: Path, expected_sha256: str | None) -> None:
         return
     from forgetd.api import hash_model_dir
 
-    actual, _ = hash_model_dir(model_dir)
+    if not Path(model_dir).is_dir():
+        raise IntegrityFailure(f"the model directory {model_dir} is gone (moved or deleted); put it back, then "
+                               "`forgetd request retry`", field="base_sha256")
+    actual, files = hash_model_dir(model_dir)
+    if not files:
+        raise IntegrityFailure(f"no weight files left under {model_dir}; restore them, then `forgetd request retry`",
+                               field="base_sha256")
     if actual != expected_sha256:
         raise IntegrityFailure(
             f"weights under {model_dir} hash to {actual[:12]}, registered {expected_sha256[:12]}", field="base_sha256"

@@ -111,3 +111,21 @@ def test_tabular_weights_must_fit_the_config(dirs, tmp_path):
     _refused("tabular_classifier", copy, "does not match config.json", "hidden sizes [8]")
     (copy / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
     _refused("tabular_classifier", copy, "config.json: not a forgetd-tabular/v1")
+
+
+def test_a_registered_directory_that_is_gone_is_named_as_gone(tabular_dir, tmp_path):
+    """Every load re-hashes the registered weights; a directory moved away used to read as "hashes to e3b0…",
+    the hash of nothing, which sent operators looking for tampering."""
+    from forgetd.api import hash_model_dir
+    from forgetd.errors import IntegrityFailure
+    from forgetd.families.causal_lm import check_weights
+
+    copy = _copy(tabular_dir, tmp_path)
+    digest, _ = hash_model_dir(copy)
+    check_weights(copy, digest)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(IntegrityFailure, match="no weight files left"):
+        check_weights(copy, digest)
+    shutil.rmtree(copy)
+    with pytest.raises(IntegrityFailure, match="is gone"):
+        check_weights(copy, digest)
