@@ -40,8 +40,15 @@ class Context:
             from sqlalchemy.exc import OperationalError
 
             from forgetd.db import schema
-            from forgetd.db.engine import make_engine
+            from forgetd.db.engine import make_engine, sqlite_file
 
+            missing = sqlite_file(self.settings.database_url)
+            if self.check_schema and missing is not None and not missing.exists():
+                # opening it would create an empty file (and its folder) for a command that only reads
+                from forgetd.errors import SchemaOutOfDate
+
+                raise SchemaOutOfDate(f"no database at {missing} yet: run `forgetd init` for a new home, or "
+                                      "`forgetd db upgrade` to create the schema there (check FORGETD_DATABASE_URL)")
             engine = make_engine(self.settings.database_url)
             try:
                 if self.check_schema:
@@ -104,6 +111,9 @@ def init(ctx: Context) -> dict[str, Any]:
     """Create FORGETD_HOME, the master key (mode 0600) unless one is configured, and the schema."""
     from forgetd.privacy import create_master_key_file
 
+    if ctx.settings.home.exists() and not ctx.settings.home.is_dir():
+        raise ConfigError(f"{ctx.settings.home} is a file; FORGETD_HOME must be a folder (new or forgetd's)",
+                          field="FORGETD_HOME")
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     created_key = False
     if not ctx.settings.master_key_env:

@@ -66,6 +66,15 @@ def _switch_to_wal(cur, wait_seconds: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+def sqlite_file(url: str):
+    """The database file of a file-backed SQLite URL (as a Path), else None."""
+    from pathlib import Path
+
+    url = normalise_url(url)
+    database = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
+    return Path(database).expanduser() if database and database != ":memory:" else None
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()

@@ -326,6 +326,8 @@ CASES = [
     Case("serve-ray-address-nothing-listening",
          ("serve", "--executor", "ray", "--ray-address", "127.0.0.1:1", "--ray-wait", "0"), "--ray-address",
          also=("no Ray cluster answers at 127.0.0.1:1",)),
+    Case("env-home-is-a-file", ("init",), "FORGETD_HOME", env={"FORGETD_HOME": "{in}/f.txt"}, files={"f.txt": "x"},
+         also=("is a file",)),
     Case("env-worker-start-unknown", ("serve", "--executor", "local"), "FORGETD_WORKER_START",
          env={"FORGETD_WORKER_START": "fork"}, also=("forkserver or spawn", "'fork'")),
 ]
@@ -366,7 +368,8 @@ def test_corpus_is_large_and_ids_unique():
 def test_malformed_input_is_rejected_without_writing(case: Case, model, cli_env, db_url, home, tmp_path):
     args = _materialise(case, tmp_path / "in", home)
     before = row_counts(db_url)
-    result = run_cli(args, {**cli_env, **case.env})
+    env = {k: v.replace("{in}", str(tmp_path / "in")) for k, v in case.env.items()}
+    result = run_cli(args, {**cli_env, **env})
     assert_rejected(result, case)
     assert row_counts(db_url) == before
 

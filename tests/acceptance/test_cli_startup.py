@@ -246,3 +246,15 @@ def test_tick_and_serve_refuse_a_cuda_device_this_machine_lacks(tmp_path, comman
     assert len(lines) == 1 and "FORGETD_DEVICE" in lines[0] and "no CUDA device" in lines[0], lines
     assert "Traceback" not in refused.stdout + refused.stderr
     assert json.loads(run_cli(["job", "list", "--json"], env).stdout) == []  # nothing was planned or queued
+
+
+def test_a_command_on_a_home_never_initialised_creates_nothing(tmp_path):
+    """A read on a new FORGETD_HOME used to create the folder and an empty forgetd.db, then advise `db upgrade`
+    (which leaves the master key missing); now nothing is created and `forgetd init` is named."""
+    env = _clean_env(FORGETD_HOME=str(tmp_path / "operator-home"))
+    listed = run_cli(["request", "list"], env)
+    assert listed.returncode == 1 and "Traceback" not in listed.stderr
+    assert listed.stderr.startswith("error: no database at ") and "forgetd init" in listed.stderr
+    assert not (tmp_path / "operator-home").exists()
+    assert run_cli(["init"], env).returncode == 0
+    assert run_cli(["request", "list"], env).returncode == 0
