@@ -68,4 +68,10 @@ def registry_for(ctx):
 def start_metrics_server(ctx, port: int):
     from prometheus_client import start_http_server
 
-    return start_http_server(port, addr="0.0.0.0", registry=registry_for(ctx))
+    from forgetd.errors import ConfigError
+
+    try:
+        return start_http_server(port, addr="0.0.0.0", registry=registry_for(ctx))
+    except OSError as exc:  # in use (another daemon on this host), or below 1024 without the right
+        raise ConfigError(f"cannot serve metrics on port {port} ({exc.strerror or exc}); pick another port or "
+                          "stop what holds it", field="--metrics-port") from None

@@ -312,13 +312,13 @@ class Daemon:
         o = self.options
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
-        executor = make_executor(o.executor, slots=o.slots, backoff=self.backoff, gpus=o.gpus,
-                                 ray_address=o.ray_address, ray_wait_seconds=o.ray_wait_seconds,
-                                 worker_start=self.ctx.settings.worker_start)
-        if o.metrics_port is not None:
+        if o.metrics_port is not None:  # first: a port in use is refused before any worker or Ray connection
             from forgetd.jobs.metrics import start_metrics_server
 
             start_metrics_server(self.ctx, o.metrics_port)
+        executor = make_executor(o.executor, slots=o.slots, backoff=self.backoff, gpus=o.gpus,
+                                 ray_address=o.ray_address, ray_wait_seconds=o.ray_wait_seconds,
+                                 worker_start=self.ctx.settings.worker_start)
         log.info("serving as %s with the %s executor (%d slots)", self.id, executor.name, executor.slots)
         self._adopt(executor)
         try:

@@ -407,3 +407,17 @@ def test_malformed_import_writes_nothing_on_postgres(model, cli_env, db_url, tmp
     assert_rejected(run_cli(["request", "import", str(tickets)], cli_env), case)
     assert_rejected(run_cli(list(submit("--idempotency-key", SQL)), cli_env), Case("pg", (), "idempotency_key"))
     assert row_counts(db_url) == before
+
+
+def test_a_metrics_port_in_use_is_refused_before_the_daemon_starts(model, cli_env, db_url):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        before = row_counts(db_url)
+        result = run_cli(["serve", "--executor", "inline", "--metrics-port", str(port)], cli_env)
+    line = assert_rejected(result, Case("metrics-port-in-use", (), "--metrics-port", also=(str(port), "in use")))
+    assert "pick another port" in line
+    assert row_counts(db_url) == before  # no service.* audit event: it never started
