@@ -141,6 +141,20 @@ def test_get_policy_loads_one_and_lists_known_names(tmp_path):
     assert "broken, demo" in info.value.message
 
 
+def test_a_policy_is_parsed_once_per_content_and_an_edit_takes_effect(tmp_path):
+    path = write(tmp_path, VALID)
+    first = get_policy(tmp_path, "demo")
+    assert get_policy(tmp_path, "demo") is first  # same text: the parsed policy is reused
+    path.write_text(VALID.replace("max_batch: 16", "max_batch: 8"))  # same second, maybe the same mtime
+    edited = get_policy(tmp_path, "demo")
+    assert edited.compose.max_batch == 8 and first.compose.max_batch == 16
+    path.write_text(VALID.replace("max_batch: 16", "max_batch: 0"))
+    with pytest.raises(InputError, match="compose.max_batch"):  # a broken edit is an error every time
+        get_policy(tmp_path, "demo")
+    with pytest.raises(InputError, match="compose.max_batch"):
+        get_policy(tmp_path, "demo")
+
+
 def test_cron_semantics():
     every_quarter = parse_cron("*/15 * * * *")
     assert every_quarter.minutes == frozenset({0, 15, 30, 45})
