@@ -1246,10 +1246,15 @@ def serve(ctx: Context, options) -> int:
     """Run the background service until SIGTERM (see forgetd.jobs.service)."""
     from forgetd.jobs.service import Daemon
 
+    from forgetd.policies import load_policies
+
     _check_serve_options(options)
     ctx.engine  # noqa: B018 -- refuse to start on an out-of-date schema before anything else
     if options.executor in ("local", "inline"):  # its jobs run on this machine; a Ray worker checks its own
         _check_device(ctx)
+    # the leader schedules composition from every policy's cadence: a broken file stopped it only after it had
+    # taken (and audited) leadership
+    load_policies(ctx.settings.policies_dir)
     return Daemon(ctx, options).run()
 
 

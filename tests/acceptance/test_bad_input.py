@@ -118,6 +118,13 @@ def _truncated_model_dir(indir: Path, home: Path) -> None:
         f.truncate(weights.stat().st_size - 4)
 
 
+def _policies_with_a_broken_file(indir: Path, home: Path) -> None:
+    import shutil
+
+    shutil.copytree(POLICY_FILE.parent, indir / "policies")
+    (indir / "policies" / "zz-broken.yaml").write_text("name: zz-broken\nkind: [")
+
+
 def _dataset_json(**extra) -> str:
     return json.dumps({"format": "forgetd-records/v1", "retain": ["a"], "reference": ["b"],
                        "records": {"a": {"texts": ["trained"]}, "b": {"texts": ["never seen", "nor this"]}}, **extra})
@@ -321,6 +328,8 @@ CASES = [
     Case("serve-gpus-not-an-id", ("serve", "--gpus", "0,first"), "--gpus", also=("'first'",)),
     Case("serve-gpus-with-inline-executor", ("serve", "--executor", "inline", "--gpus", "0"), "--gpus",
          also=("--executor local",)),
+    Case("serve-broken-policy-file", ("serve", "--executor", "inline"), "zz-broken.yaml",
+         env={"FORGETD_POLICIES_DIR": "{in}/policies"}, prepare=_policies_with_a_broken_file, also=("invalid YAML",)),
     Case("serve-ray-address-malformed", ("serve", "--executor", "ray", "--ray-address", "head-node"), "--ray-address",
          also=("host:port",)),
     Case("serve-ray-address-nothing-listening",
