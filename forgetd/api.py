@@ -1246,16 +1246,29 @@ def serve(ctx: Context, options) -> int:
     """Run the background service until SIGTERM (see forgetd.jobs.service)."""
     from forgetd.jobs.service import Daemon
 
-    from forgetd.policies import load_policies
-
     _check_serve_options(options)
     ctx.engine  # noqa: B018 -- refuse to start on an out-of-date schema before anything else
     if options.executor in ("local", "inline"):  # its jobs run on this machine; a Ray worker checks its own
         _check_device(ctx)
-    # the leader schedules composition from every policy's cadence: a broken file stopped it only after it had
-    # taken (and audited) leadership
-    load_policies(ctx.settings.policies_dir)
+    _check_policies_and_recipes(ctx)
     return Daemon(ctx, options).run()
+
+
+def _check_policies_and_recipes(ctx: Context) -> None:
+    """Every policy file, and every adapter recipe a policy names, loads. The leader schedules composition
+    from every policy's cadence: a broken policy file stopped the daemon only after it had taken (and
+    audited) leadership, and a broken or missing recipe failed each request that reached training."""
+    from forgetd.errors import ForgetdError
+    from forgetd.policies import load_policies
+    from forgetd.training.registry import get_recipe
+
+    for policy in load_policies(ctx.settings.policies_dir).values():
+        for family, recipe in sorted(policy.recipes.items()):
+            try:
+                get_recipe(ctx.settings.adapters_dir, recipe)
+            except ForgetdError as exc:
+                raise ConfigError(f"policy {policy.name} names recipe {recipe!r} for {family}, which does not load: "
+                                  f"{exc.message}", field="FORGETD_ADAPTERS_DIR") from None
 
 
 _GPU_ID = re.compile(r"\d{1,3}|(?:GPU|MIG)-[0-9A-Za-z-]{1,80}")

@@ -125,6 +125,13 @@ def _policies_with_a_broken_file(indir: Path, home: Path) -> None:
     (indir / "policies" / "zz-broken.yaml").write_text("name: zz-broken\nkind: [")
 
 
+def _adapters_without_npo_lora(indir: Path, home: Path) -> None:
+    import shutil
+
+    shutil.copytree(POLICY_FILE.parents[1] / "adapters", indir / "adapters")
+    (indir / "adapters" / "npo-lora.yaml").unlink()
+
+
 def _dataset_json(**extra) -> str:
     return json.dumps({"format": "forgetd-records/v1", "retain": ["a"], "reference": ["b"],
                        "records": {"a": {"texts": ["trained"]}, "b": {"texts": ["never seen", "nor this"]}}, **extra})
@@ -330,6 +337,9 @@ CASES = [
          also=("--executor local",)),
     Case("serve-broken-policy-file", ("serve", "--executor", "inline"), "zz-broken.yaml",
          env={"FORGETD_POLICIES_DIR": "{in}/policies"}, prepare=_policies_with_a_broken_file, also=("invalid YAML",)),
+    Case("serve-policy-names-a-missing-recipe", ("serve", "--executor", "inline"), "FORGETD_ADAPTERS_DIR",
+         env={"FORGETD_ADAPTERS_DIR": "{in}/adapters"}, prepare=_adapters_without_npo_lora,
+         also=("names recipe 'npo-lora'", "no adapter recipe")),
     Case("serve-ray-address-malformed", ("serve", "--executor", "ray", "--ray-address", "head-node"), "--ray-address",
          also=("host:port",)),
     Case("serve-ray-address-nothing-listening",
