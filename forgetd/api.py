@@ -196,10 +196,27 @@ def _policy_summary(policy) -> dict[str, Any]:
     }
 
 
-def policy_validate(path: Path) -> dict[str, Any]:
+def policy_validate(path: Path, adapters_dir: Path | None = None) -> dict[str, Any]:
+    """The policy file parses and validates; with `adapters_dir`, every recipe it names loads from there too
+    (a policy naming a recipe that is not deployed would fail each of its requests at training)."""
     from forgetd.policies import load_policy_file
 
-    return {"file": str(path), "valid": True, **_policy_summary(load_policy_file(path))}
+    policy = load_policy_file(path)
+    if adapters_dir is not None:
+        _check_policy_recipes(policy, adapters_dir, source=str(path))
+    return {"file": str(path), "valid": True, **_policy_summary(policy)}
+
+
+def _check_policy_recipes(policy, adapters_dir: Path, *, source: str) -> None:
+    from forgetd.errors import ForgetdError
+    from forgetd.training.registry import get_recipe
+
+    for family, recipe in sorted(policy.recipes.items()):
+        try:
+            get_recipe(adapters_dir, recipe)
+        except ForgetdError as exc:
+            raise InputError(f"{source}: policy {policy.name} names recipe {recipe!r} for {family}, which does not "
+                             f"load: {exc.message}", field=f"recipes.{family}") from None
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -1258,17 +1275,10 @@ def _check_policies_and_recipes(ctx: Context) -> None:
     """Every policy file, and every adapter recipe a policy names, loads. The leader schedules composition
     from every policy's cadence: a broken policy file stopped the daemon only after it had taken (and
     audited) leadership, and a broken or missing recipe failed each request that reached training."""
-    from forgetd.errors import ForgetdError
     from forgetd.policies import load_policies
-    from forgetd.training.registry import get_recipe
 
-    for policy in load_policies(ctx.settings.policies_dir).values():
-        for family, recipe in sorted(policy.recipes.items()):
-            try:
-                get_recipe(ctx.settings.adapters_dir, recipe)
-            except ForgetdError as exc:
-                raise ConfigError(f"policy {policy.name} names recipe {recipe!r} for {family}, which does not load: "
-                                  f"{exc.message}", field="FORGETD_ADAPTERS_DIR") from None
+    for name, policy in load_policies(ctx.settings.policies_dir).items():
+        _check_policy_recipes(policy, ctx.settings.adapters_dir, source=f"{ctx.settings.policies_dir}/{name}.yaml")
 
 
 _GPU_ID = re.compile(r"\d{1,3}|(?:GPU|MIG)-[0-9A-Za-z-]{1,80}")

@@ -38,14 +38,16 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @policy.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def validate(file: Path, as_json: bool) -> None:
-    """Validate one policy FILE; errors name the file and the field.
+@click.pass_context
+def validate(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Validate one policy FILE, and that every adapter recipe it names loads from the configured
+    adapters directory (FORGETD_ADAPTERS_DIR); errors name the file and the field.
 
     Example: forgetd policy validate policies/gdpr-erasure.yaml
     """
     from forgetd import api
 
-    result = api.policy_validate(file)
+    result = api.policy_validate(file, api_context(ctx, check_schema=False).settings.adapters_dir)
     if as_json:
         emit_json(result)
     else:

@@ -303,6 +303,9 @@ CASES = [
          files={"gdpr-erasure.yaml": policy_text(**{"extension_max: P2M": "extension_max: two months"})}),
     Case("policy-validate-unknown-family", ("policy", "validate", "{in}/gdpr-erasure.yaml"), "recipes",
          files={"gdpr-erasure.yaml": policy_text(**{"causal_lm: npo-lora": "llm: npo-lora"})}),
+    Case("policy-validate-recipe-not-deployed", ("policy", "validate", "{in}/gdpr-erasure.yaml"), "recipes.causal_lm",
+         files={"gdpr-erasure.yaml": POLICY_FILE.read_text().replace("npo-lora", "npo-lora-v2")},
+         also=("'npo-lora-v2'", "no adapter recipe")),
     Case("policy-validate-name-mismatch", ("policy", "validate", "{in}/other.yaml"), "name",
          files={"other.yaml": policy_text()}),
     # --- audit log ----------------------------------------------------------------------------------------
@@ -337,7 +340,7 @@ CASES = [
          also=("--executor local",)),
     Case("serve-broken-policy-file", ("serve", "--executor", "inline"), "zz-broken.yaml",
          env={"FORGETD_POLICIES_DIR": "{in}/policies"}, prepare=_policies_with_a_broken_file, also=("invalid YAML",)),
-    Case("serve-policy-names-a-missing-recipe", ("serve", "--executor", "inline"), "FORGETD_ADAPTERS_DIR",
+    Case("serve-policy-names-a-missing-recipe", ("serve", "--executor", "inline"), "recipes.causal_lm",
          env={"FORGETD_ADAPTERS_DIR": "{in}/adapters"}, prepare=_adapters_without_npo_lora,
          also=("names recipe 'npo-lora'", "no adapter recipe")),
     Case("serve-ray-address-malformed", ("serve", "--executor", "ray", "--ray-address", "head-node"), "--ray-address",
