@@ -307,7 +307,7 @@ class Daemon:
                 log.info("adopted running job %s (%s)", job.id, job.executor_ref)
 
     def run(self) -> int:
-        from forgetd.jobs.executors import make_executor
+        from forgetd.jobs.executors import StoppedWhileStarting, make_executor
 
         o = self.options
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -316,9 +316,13 @@ class Daemon:
             from forgetd.jobs.metrics import start_metrics_server
 
             start_metrics_server(self.ctx, o.metrics_port)
-        executor = make_executor(o.executor, slots=o.slots, backoff=self.backoff, gpus=o.gpus,
-                                 ray_address=o.ray_address, ray_wait_seconds=o.ray_wait_seconds,
-                                 worker_start=self.ctx.settings.worker_start)
+        try:
+            executor = make_executor(o.executor, slots=o.slots, backoff=self.backoff, gpus=o.gpus,
+                                     ray_address=o.ray_address, ray_wait_seconds=o.ray_wait_seconds,
+                                     worker_start=self.ctx.settings.worker_start, stop=self.stop)
+        except StoppedWhileStarting as exc:  # a SIGTERM before anything started: a clean stop
+            log.info("%s", exc)
+            return 0
         log.info("serving as %s with the %s executor (%d slots)", self.id, executor.name, executor.slots)
         self._adopt(executor)
         try:

@@ -268,6 +268,24 @@ def test_serve_refuses_an_out_of_date_schema(settings, cli_env):
 
 
 @pytest.mark.postgres
+def test_sigterm_while_waiting_for_ray_is_a_clean_stop(settings, cli_env, tmp_path):
+    """The daemon waits up to --ray-wait for the cluster (a head starting beside it); a SIGTERM meanwhile
+    ends the wait at once, exit 0, with nothing audited (nothing had started)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing answers there
+    log = tmp_path / "ray-wait.log"
+    daemon = Daemon(_service_env(cli_env), log, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                    "--ray-wait", "120")
+    _wait(lambda: "waiting up to 120 s for Ray" in log.read_text(), 60, "the daemon to wait for Ray")
+    assert daemon.terminate(timeout=20) < 10
+    assert daemon.proc.returncode == 0, log.read_text()
+    assert "stopped while waiting for Ray" in log.read_text() and "Traceback" not in log.read_text()
+    assert api.audit_log(api.open_context(settings)) == []
+
+
 def test_two_daemons_on_postgres_run_200_jobs_once_each_with_one_leader(pg_url, settings, cli_env, tmp_path):
     s = replace(settings, database_url=pg_url)
     ctx = api.open_context(s)

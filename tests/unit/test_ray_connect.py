@@ -78,3 +78,12 @@ def test_connect_names_the_field_the_address_came_from(monkeypatch):
     assert from_env.value.field == "RAY_ADDRESS"
     with pytest.raises(InputError, match="host:port"):
         connect("head-node", wait_seconds=0)
+
+
+def test_waiting_ends_when_the_daemon_is_told_to_stop():
+    stop = threading.Event()
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    started = time.monotonic()
+    problem = _wait_for_port("127.0.0.1", _free_port(), 30.0, stop=stop)
+    assert problem and time.monotonic() - started < 3.0  # SIGTERM while waiting for Ray: not 30 s

@@ -11,6 +11,10 @@ from forgetd.jobs.queue import Claim
 EXECUTORS = ("local", "inline", "ray")
 
 
+class StoppedWhileStarting(Exception):
+    """The daemon was told to stop (SIGTERM) before its executor was ready, e.g. while waiting for Ray."""
+
+
 class Executor(Protocol):
     name: str
     slots: int
@@ -32,7 +36,8 @@ class Executor(Protocol):
 
 
 def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = None,
-                  ray_address: str | None = None, ray_wait_seconds: float = 60.0, worker_start: str) -> Executor:
+                  ray_address: str | None = None, ray_wait_seconds: float = 60.0, worker_start: str,
+                  stop=None) -> Executor:
     if name == "inline":
         from forgetd.jobs.executors.inline import InlineExecutor
 
@@ -45,5 +50,5 @@ def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = No
         from forgetd.jobs.executors.ray import RayExecutor
 
         return RayExecutor(slots=slots, backoff=backoff, address=ray_address, gpus_per_job=1.0 if gpus else 0.0,
-                           wait_seconds=ray_wait_seconds)
+                           wait_seconds=ray_wait_seconds, stop=stop)
     raise InputError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}", field="executor")

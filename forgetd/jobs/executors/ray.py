@@ -65,13 +65,14 @@ def _forgetd_env() -> dict[str, str]:
 CONNECT_WAIT_SECONDS = 60.0  # a head that starts beside the daemon (docker compose) is up well within this
 
 
-def connect(address: str | None, *, wait_seconds: float = CONNECT_WAIT_SECONDS) -> None:
+def connect(address: str | None, *, wait_seconds: float = CONNECT_WAIT_SECONDS, stop=None) -> None:
     """ray.init on the cluster the operator named, or a clear error naming where the address came from.
 
     Ray keeps retrying an address nothing answers at (it logged "Failed to connect to GCS" for minutes
     here, and the daemon never started), and with no cluster at all it raises a ConnectionError that
     reached the operator as an internal error. So a `host:port` address is resolved and connected to
-    first, for up to `wait_seconds`, then Ray is asked to join."""
+    first, for up to `wait_seconds` (or until the `stop` event is set: SIGTERM while waiting), then Ray is
+    asked to join."""
     from forgetd.errors import ConfigError, InputError
 
     given = address or os.environ.get("RAY_ADDRESS")
@@ -82,7 +83,11 @@ def connect(address: str | None, *, wait_seconds: float = CONNECT_WAIT_SECONDS) 
         raise InputError(f"{target!r} is not a Ray address: give host:port (e.g. 10.0.0.5:6379), ray://host:port "
                          "or auto", field=field)
     if host_port is not None:
-        problem = _wait_for_port(*host_port, wait_seconds)
+        problem = _wait_for_port(*host_port, wait_seconds, stop=stop)
+        if problem and stop is not None and stop.is_set():
+            from forgetd.jobs.executors import StoppedWhileStarting
+
+            raise StoppedWhileStarting(f"stopped while waiting for Ray at {target}")
         if problem:
             raise ConfigError(f"no Ray cluster answers at {target} after {wait_seconds:g} s ({problem}); start "
                               "its head (`ray start --head`) or fix the address", field=field)
@@ -106,8 +111,9 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def _wait_for_port(host: str, port: int, wait_seconds: float) -> str | None:
-    """None once a TCP connection to host:port opens; else, after `wait_seconds`, why the last try failed."""
+def _wait_for_port(host: str, port: int, wait_seconds: float, *, stop=None) -> str | None:
+    """None once a TCP connection to host:port opens; else, after `wait_seconds` (or once `stop` is set), why
+    the last try failed."""
     import logging
     import socket
     import time
@@ -120,20 +126,24 @@ def _wait_for_port(host: str, port: int, wait_seconds: float) -> str | None:
                 return None
         except OSError as exc:
             problem = f"cannot resolve {host}" if isinstance(exc, socket.gaierror) else (exc.strerror or str(exc))
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
             return problem
         if not told:
             logging.getLogger("forgetd.serve").warning("waiting up to %.0f s for Ray at %s:%d (%s)", wait_seconds,
                                                        host, port, problem)
             told = True
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        pause = min(1.0, max(0.0, deadline - time.monotonic()))
+        if stop is not None:
+            stop.wait(pause)
+        else:
+            time.sleep(pause)
 
 
 class RayExecutor:
     name = "ray"
 
     def __init__(self, *, slots: int, backoff: Backoff, address: str | None, gpus_per_job: float = 0.0,
-                 wait_seconds: float = CONNECT_WAIT_SECONDS) -> None:
+                 wait_seconds: float = CONNECT_WAIT_SECONDS, stop=None) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -146,7 +156,7 @@ class RayExecutor:
         self.backoff = backoff
         self.gpus_per_job = gpus_per_job
         if not ray.is_initialized():
-            connect(address, wait_seconds=wait_seconds)
+            connect(address, wait_seconds=wait_seconds, stop=stop)
         self._actor_cls = ray.remote(max_concurrency=2)(_JobActor)
         self._watched: dict[int, tuple[Any, Claim | None, str]] = {}
 
