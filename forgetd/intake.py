@@ -149,7 +149,10 @@ def check_forget_spec(spec: Any, *, kind: RequestKind, data_root: Path, field: s
                 elif key == "files":
                     items.append(check_file_ref(item, field=item_field, data_root=data_root))
                 else:
-                    items.append(_check_text(item, field=item_field))
+                    text = _check_text(item, field=item_field)
+                    if key in ("texts", "prompts", "corpus_ids") and not text.strip():
+                        raise InputError("must not be blank", field=item_field)
+                    items.append(text)
             clean[key] = items
         elif key in FORGET_TEXT_FIELDS:
             clean[key] = _check_text(value, field=sub)

@@ -154,9 +154,16 @@ def run_until_idle(ctx, *, model_id: int | None = None, progress=None, max_jobs:
         label = ",".join(claim.request_ids) or f"job {claim.job_id}"
         if progress:
             progress({"stage": claim.kind, "request": label})
-        outcome, result = executor.run(
-            ctx, claim, progress=(lambda e, k=claim.kind, l=label: progress({"stage": k, "request": l, **e})) if progress else None
-        )
+        try:
+            outcome, result = executor.run(
+                ctx, claim, progress=(lambda e, k=claim.kind, l=label: progress({"stage": k, "request": l, **e})) if progress else None
+            )
+        except KeyboardInterrupt:
+            # Ctrl-C: give the job back now (the attempt not counted). Its lease used to stay with the dead
+            # tick, so the next tick found nothing runnable for that model until the lease ran out.
+            with ctx.session() as s:
+                queue.release(s, claim, now=utcnow(), reason="tick interrupted")
+            raise
         report["jobs"].append({"job": claim.job_id, "kind": claim.kind, "outcome": outcome})
         result = result or {}
         if claim.kind == "train" and result.get("adapter"):

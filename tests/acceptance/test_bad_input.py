@@ -180,6 +180,8 @@ CASES = [
     Case("forget-unknown-key", **submit_forget({"textz": ["a"]}), field="forget.textz"),
     Case("forget-texts-not-a-list", **submit_forget({"texts": "just one"}), field="forget.texts"),
     Case("forget-texts-empty-list", **submit_forget({"texts": []}), field="forget.texts", also=("not be empty",)),
+    Case("forget-corpus-id-blank", **submit_forget({"corpus_ids": ["p0001", " "]}), field="forget.corpus_ids[1]",
+         also=("blank",)),
     Case("forget-texts-item-wrong-type", **submit_forget({"texts": ["ok", 7]}), field="forget.texts[1]"),
     Case("forget-texts-control-char", **submit_forget({"texts": ["nul\u0000byte"]}), field="forget.texts[0]"),
     Case("forget-labels-item-wrong-type", **submit_forget({"labels": [{"a": 1}]}, "class-removal"),

@@ -268,6 +268,36 @@ def test_serve_refuses_an_out_of_date_schema(settings, cli_env):
 
 
 @pytest.mark.postgres
+def test_ctrl_c_in_tick_gives_the_running_job_back(settings, cli_env, tmp_path, tiny_lm):
+    """An operator interrupting `forgetd tick` mid-training: the job is released at once (attempt not counted),
+    so the next tick or a daemon takes it now; its lease used to stay with the dead tick until it expired."""
+    model_dir, dataset, people = tiny_lm
+    s = _pipeline_settings(settings, tmp_path, batch=1, max_steps=100_000, stop="fixed")  # still training at ^C
+    ctx = api.open_context(s)
+    api.model_register(ctx, "lm", "causal_lm", str(model_dir), dataset=str(dataset))
+    _submit_all(ctx, people[:1])
+    env = _service_env(cli_env, FORGETD_POLICIES_DIR=str(s.policies_dir), FORGETD_ADAPTERS_DIR=str(s.adapters_dir))
+    tick = subprocess.Popen([sys.executable, "-m", "forgetd", "tick"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        def training() -> Job | None:
+            with ctx.session() as sess:
+                return sess.execute(select(Job).where(Job.kind == "train", Job.status == "running")).scalar_one_or_none()
+
+        job = _wait(training, 120, "tick to start training")
+        time.sleep(1.0)
+        tick.send_signal(signal.SIGINT)
+        out, _ = tick.communicate(timeout=60)
+    finally:
+        tick.kill()
+    assert tick.returncode == 1 and "Traceback" not in out, out
+    shown = api.job_show(ctx, job.id)
+    assert shown["status"] == "queued" and shown["lease_owner"] is None, shown
+    assert shown["max_attempts"] == job.max_attempts + 1  # the interrupted attempt does not count
+    assert [e["event"] for e in shown["events"]][-2:] == ["claimed", "released"]
+    assert shown["events"][-1]["detail"] == {"reason": "tick interrupted"}
+
+
 def test_sigterm_while_waiting_for_ray_is_a_clean_stop(settings, cli_env, tmp_path):
     """The daemon waits up to --ray-wait for the cluster (a head starting beside it); a SIGTERM meanwhile
     ends the wait at once, exit 0, with nothing audited (nothing had started)."""
