@@ -282,7 +282,8 @@ def test_ctrl_c_in_tick_gives_the_running_job_back(settings, cli_env, tmp_path, 
     try:
         def training() -> Job | None:
             with ctx.session() as sess:
-                return sess.execute(select(Job).where(Job.kind == "train", Job.status == "running")).scalar_one_or_none()
+                running = select(Job).where(Job.kind == "train", Job.status == "running")
+                return sess.execute(running).scalar_one_or_none()
 
         job = _wait(training, 120, "tick to start training")
         time.sleep(1.0)
