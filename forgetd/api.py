@@ -246,6 +246,7 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
     from forgetd import audit, serving
     from forgetd.db.models import Model
     from forgetd.enums import FAMILY_VALUES
+    from forgetd.families import family_module
     from forgetd.intake import check_name
 
     check_name(name, field="NAME", what="model")
@@ -258,8 +259,6 @@ def model_register(ctx: Context, name: str, family: str, path: str, *, dataset: 
     base_sha256, files = hash_model_dir(directory)
     if not files:
         raise InputError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under the directory", field="--path")
-    from forgetd.families import family_module
-
     family_module(family).check_model_dir(directory)
     dataset_sha256, reference_split = (
         _store_dataset(ctx, Path(dataset).expanduser(), family=family, model_dir=directory) if dataset else (None, None)
@@ -965,8 +964,6 @@ def audit_export_file(ctx: Context, fmt: str, out: Path | str) -> dict[str, Any]
         raise InputError(f"{out} is a folder; name a file in it", field="--out")
     if not out.parent.is_dir():
         raise InputError(f"no such folder: {out.parent}; create it first", field="--out")
-    if fmt not in ("jsonl", "csv"):
-        raise InputError("must be jsonl or csv", field="--format")
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     lines = 0
     try:
@@ -1277,8 +1274,8 @@ def _check_policies_and_recipes(ctx: Context) -> None:
     audited) leadership, and a broken or missing recipe failed each request that reached training."""
     from forgetd.policies import load_policies
 
-    for name, policy in load_policies(ctx.settings.policies_dir).items():
-        _check_policy_recipes(policy, ctx.settings.adapters_dir, source=f"{ctx.settings.policies_dir}/{name}.yaml")
+    for policy in load_policies(ctx.settings.policies_dir).values():  # the message names the policy; .yaml or .yml
+        _check_policy_recipes(policy, ctx.settings.adapters_dir, source=str(ctx.settings.policies_dir))
 
 
 _GPU_ID = re.compile(r"\d{1,3}|(?:GPU|MIG)-[0-9A-Za-z-]{1,80}")

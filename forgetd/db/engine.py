@@ -70,20 +70,17 @@ def sqlite_file(url: str):
     """The database file of a file-backed SQLite URL (as a Path), else None."""
     from pathlib import Path
 
-    url = normalise_url(url)
-    database = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
+    parsed = make_url(normalise_url(url))
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
     return Path(database).expanduser() if database and database != ":memory:" else None
 
 
 def make_engine(url: str, **kwargs) -> Engine:
     url = normalise_url(url)
-    backend = make_url(url).get_backend_name()
-    if backend == "sqlite":
-        database = make_url(url).database
-        if database and database != ":memory:":
-            from pathlib import Path
-
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if make_url(url).get_backend_name() == "sqlite":
+        database = sqlite_file(url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine)
         return engine

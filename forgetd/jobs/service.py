@@ -21,6 +21,7 @@ from typing import Any
 
 from forgetd.api import utcnow
 from forgetd.jobs import planner, queue
+from forgetd.jobs.executors.ray import CONNECT_WAIT_SECONDS
 from forgetd.jobs.queue import Backoff
 
 log = logging.getLogger("forgetd.serve")
@@ -205,7 +206,7 @@ class ServeOptions:
     grace_seconds: float = 20.0
     metrics_port: int | None = None
     ray_address: str | None = None
-    ray_wait_seconds: float = 60.0
+    ray_wait_seconds: float = CONNECT_WAIT_SECONDS
 
 
 class Daemon:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from forgetd.errors import InputError
+from forgetd.jobs.executors.ray import CONNECT_WAIT_SECONDS
 from forgetd.jobs.queue import Claim
 
 EXECUTORS = ("local", "inline", "ray")
@@ -36,7 +37,7 @@ class Executor(Protocol):
 
 
 def make_executor(name: str, *, slots: int, backoff, gpus: list[str] | None = None,
-                  ray_address: str | None = None, ray_wait_seconds: float = 60.0, worker_start: str,
+                  ray_address: str | None = None, ray_wait_seconds: float = CONNECT_WAIT_SECONDS, worker_start: str,
                   stop=None) -> Executor:
     if name == "inline":
         from forgetd.jobs.executors.inline import InlineExecutor
