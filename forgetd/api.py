@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetd.config import Settings
-from forgetd.errors import ConfigError, DomainError, InputError, NotFoundError
+from forgetd.errors import ConfigError, DomainError, ForgetdError, InputError, NotFoundError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 
@@ -56,12 +56,16 @@ class Context:
                 else:
                     with engine.connect():
                         pass
-            except OperationalError:
+            except OperationalError as exc:
                 engine.dispose()
-                raise ConfigError(
-                    "cannot open the database; check FORGETD_DATABASE_URL and that the server is running",
-                    field="FORGETD_DATABASE_URL",
-                ) from None
+                from forgetd.db import driver_errors
+                from forgetd.errors import ResourceError
+
+                kind, message = driver_errors.describe(exc) or (
+                    driver_errors.SERVER,
+                    "cannot open the database; check FORGETD_DATABASE_URL and that the server is running")
+                error = ResourceError if kind == driver_errors.DISK else ConfigError
+                raise error(message, field="FORGETD_DATABASE_URL") from None
             self._engine = engine
         return self._engine
 
@@ -438,6 +442,7 @@ def _insert_request(ctx: Context, s, sub, *, now: datetime) -> tuple[Any, bool]:
 
     policy = get_policy(ctx.settings.policies_dir, sub.policy)
     model = _get_model(s, sub.model, field="model")
+    check_request_fits(ctx, model, policy, sub.forget)
     _lock_subject(s, subject_ref)
     scope_ref = keyring.scope_ref(scope_text(sub.kind, sub.forget))
     public_id = _new_public_id()
@@ -477,6 +482,40 @@ def _insert_request(ctx: Context, s, sub, *, now: datetime) -> tuple[Any, bool]:
     else:
         lifecycle.move(s, request, St.approved, actor=intake, now=now, policy=policy, reason_code="auto_approved")
     return request, True
+
+
+def check_request_fits(ctx: Context, model, policy, forget: dict[str, Any]) -> None:
+    """What would otherwise fail only at training, after identity checks and approvals: a policy with no
+    recipe for the model's family, or a forget specification the family cannot act on (keys it does not
+    read, record ids its dataset lacks, classes or concepts the model does not have). A request filed
+    before its scope is known (no specification) is still taken: its deadline runs from receipt."""
+    from forgetd.families import family_module
+    from forgetd.policies import load_policies
+
+    if model.family not in policy.recipes:
+        try:
+            others = sorted(name for name, p in load_policies(ctx.settings.policies_dir).items()
+                            if model.family in p.recipes and p.applies_to.kind == policy.applies_to.kind)
+        except ForgetdError:
+            others = []
+        hint = f"; policies that do: {', '.join(others)}" if others else "; see `forgetd policy list`"
+        raise InputError(f"policy {policy.name} has no recipe for {model.family} models such as {model.name}"
+                         f"{hint}", field="policy")
+    if forget:
+        family_module(model.family).check_forget(forget, lambda: _registered_dataset(ctx, model), model=model.name)
+
+
+def _registered_dataset(ctx: Context, model):
+    """The model's registered dataset, parsed once per context (an import checks many requests)."""
+    from forgetd.datasets import load_dataset_file
+
+    if model.dataset_sha256 is None:
+        return None
+    cache = ctx.__dict__.setdefault("_datasets", {})
+    if model.dataset_sha256 not in cache:
+        cache[model.dataset_sha256] = load_dataset_file(ctx.store.open_dir("dataset", model.dataset_sha256)
+                                                        / "dataset.json")
+    return cache[model.dataset_sha256]
 
 
 def _validate(ctx: Context, raw: dict[str, Any], *, now: datetime, field_prefix: str = ""):
@@ -543,12 +582,22 @@ def request_import(ctx: Context, path: Path) -> dict[str, Any]:
     if not submissions and not problems:
         raise InputError("no requests in the file", field="FILE")
     if not problems:
+        from forgetd.policies import get_policy
+
         with ctx.session() as s:
             from forgetd.db.models import Model
             from sqlalchemy import select
 
-            known = set(s.execute(select(Model.name)).scalars())
-        problems = [f"line {n}: model: unknown model; see `forgetd model list`" for n, sub in submissions if sub.model not in known]
+            models = {m.name: m for m in s.execute(select(Model)).scalars()}
+            for n, sub in submissions:
+                if sub.model not in models:
+                    problems.append(f"line {n}: model: unknown model; see `forgetd model list`")
+                    continue
+                try:
+                    check_request_fits(ctx, models[sub.model], get_policy(ctx.settings.policies_dir, sub.policy),
+                                       sub.forget)
+                except (InputError, NotFoundError) as exc:
+                    problems.append(f"line {n}: {exc}")
     if problems:
         lines = ", ".join(p.split(":", 1)[0].removeprefix("line ") for p in problems)
         raise InputError(f"invalid lines {lines}; nothing imported. " + "; ".join(problems), field="FILE")

@@ -39,6 +39,13 @@ class ConfigError(ForgetdError):
     """forgetd is misconfigured (missing master key, unreadable config file…)."""
 
 
+class ResourceError(ForgetdError):
+    """The machine refused a read or write (full disk, read-only file, no permission): the operator frees
+    space or fixes access, and the same command then works. Exit 74, sysexits' EX_IOERR."""
+
+    exit_code = 74
+
+
 class SchemaOutOfDate(ForgetdError):
     """The database schema is behind (or ahead of) this version of forgetd."""
 

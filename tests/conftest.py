@@ -214,10 +214,14 @@ def make_model_dir(path: Path) -> Path:
 
 @pytest.fixture
 def model(ctx, tmp_path) -> str:
-    """A registered model named `credit-mlp` (tabular weights written by the demo builder)."""
+    """A registered model named `credit-mlp` (tabular weights and the applicants' records the lifecycle demo
+    registers: requests name `applicant-0001` … `applicant-0024`)."""
     from forgetd import api
+    from forgetd.demo.lifecycle import build_demo_dataset
 
-    api.model_register(ctx, "credit-mlp", "tabular_classifier", str(make_model_dir(tmp_path / "model")))
+    dataset = build_demo_dataset(tmp_path / "model-dataset.json")
+    api.model_register(ctx, "credit-mlp", "tabular_classifier", str(make_model_dir(tmp_path / "model")),
+                       dataset=str(dataset))
     return "credit-mlp"
 
 

@@ -1,11 +1,13 @@
 """The `forgetd` entry point: the command tree and the one place errors become exit codes.
 
 Exit codes: 0 ok, 1 domain error (illegal transition, unknown id…), 2 usage or input error,
-70 internal error. Operators never see a traceback unless FORGETD_DEBUG=1.
+70 internal error, 74 the machine refused a read or write (no space, no permission, read-only file
+system). Operators never see a traceback unless FORGETD_DEBUG=1.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -29,6 +31,18 @@ from forgetd.cli.sweep import sweep
 from forgetd.cli.tick import tick
 
 EX_SOFTWARE = 70
+EX_IOERR = 74
+
+# Errors the machine gives that an operator fixes (space, permissions), as opposed to a bug in forgetd.
+_OPERATOR_OS_ERRORS = {
+    errno.ENOSPC: "free some space, then run the command again",
+    errno.EDQUOT: "free some space or raise the quota, then run the command again",
+    errno.EACCES: "give the user running forgetd access to it, or choose another path",
+    errno.EPERM: "give the user running forgetd access to it, or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.EFBIG: "the file outgrew the file-size limit of the user running forgetd (ulimit -f); raise it, then run "
+                 "the command again",
+}
 
 
 @click.group(
@@ -85,10 +99,37 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:
+        if os.environ.get("FORGETD_DEBUG") or exc.errno not in _OPERATOR_OS_ERRORS:
+            _internal_error(exc)
+        _say_error(_os_error_message(exc))
+        sys.exit(EX_IOERR)
     except Exception as exc:
-        if os.environ.get("FORGETD_DEBUG"):
-            raise
-        # Only the class name: exception texts (e.g. from the database driver) may quote personal data.
-        _say_error(f"internal error ({type(exc).__name__}); rerun with FORGETD_DEBUG=1 for details")
-        sys.exit(EX_SOFTWARE)
+        _internal_error(exc)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> None:
+    if os.environ.get("FORGETD_DEBUG"):
+        raise exc
+    if "sqlalchemy" in sys.modules:
+        # A database error in the middle of a command: a full disk or a server gone away is the
+        # operator's to fix, and says so; anything else is ours.
+        from forgetd.db import driver_errors
+
+        described = driver_errors.describe(exc)
+        if described is not None:
+            kind, message = described
+            _say_error(f"FORGETD_DATABASE_URL: {message}")
+            sys.exit(EX_IOERR if kind == driver_errors.DISK else 1)
+    # Only the class name: exception texts (e.g. from the database driver) may quote personal data.
+    _say_error(f"internal error ({type(exc).__name__}); rerun with FORGETD_DEBUG=1 for details")
+    sys.exit(EX_SOFTWARE)
+
+
+def _os_error_message(exc: OSError) -> str:
+    """The machine refused a read or write: say which file and what to do, not "internal error". Only the
+    OS's own wording and the path: file names under FORGETD_HOME are content hashes and ids, and other paths
+    are the ones the operator named."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or type(exc).__name__}{where}; {_OPERATOR_OS_ERRORS[exc.errno]}"

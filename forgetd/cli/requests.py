@@ -47,7 +47,8 @@ def request() -> None:
 @click.option("--policy", required=True, help="Policy name (see `forgetd policy list`).")
 @click.option("--subject", required=True, help="The data subject's identity; stored only as a keyed hash.")
 @click.option("--kind", type=click.Choice(KIND_VALUES), help="Request kind (default: the policy's).")
-@click.option("--forget-file", type=click.Path(path_type=Path), help="JSON forget specification (texts, labels, concept…).")
+@click.option("--forget-file", type=click.Path(path_type=Path), help="JSON forget specification, what the model's family forgets: texts and/or corpus_ids (causal "
+                   "LMs), corpus_ids (tabular), labels and/or corpus_ids (image classifiers), concept (text-to-image).")
 @click.option("--idempotency-key", help="Submitting again with the same key returns the same request.")
 @click.option("--received-at", help="When the demand was received (ISO 8601 with timezone; default now).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")

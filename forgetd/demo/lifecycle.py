@@ -39,6 +39,24 @@ def build_demo_weights(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
+def build_demo_dataset(path: Path, *, seed: int = 0) -> Path:
+    """credit-mlp's registered dataset (forgetd-records/v1): 24 fictitious applicants with one or two loan
+    applications each, the first 16 trained (retain), the last 8 never (reference). Requests name
+    applicants by record id, which intake checks against this file."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    records = {}
+    for i in range(1, 25):
+        rows = rng.integers(0, 100, size=(1 + i % 2, len(DEMO_FEATURES))).astype(float).tolist()
+        records[f"applicant-{i:04d}"] = {"rows": rows, "labels": [int(r[0] > r[1]) for r in rows]}
+    ids = list(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "forgetd-records/v1", "records": records, "retain": ids[:16],
+                                "reference": ids[16:]}) + "\n")
+    return path
+
+
 def demo_settings(home: Path):
     """Settings for the demo's own home (never the operator's configured one); the model cache follows
     FORGETD_CACHE_DIR when it is set."""
@@ -101,20 +119,19 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
             if shapes_build is not None:
                 steps.append(f"demo-shapes running in a second process (log: {shapes_build.log_path})")
         weights = build_demo_weights(home / "models" / "credit-mlp")
-        api.model_register(as_("alice"), "credit-mlp", "tabular_classifier", str(weights))
-        steps.append("alice registered model credit-mlp (weights hashed)")
+        dataset = build_demo_dataset(home / "models" / "credit-mlp-applicants.json")
+        api.model_register(as_("alice"), "credit-mlp", "tabular_classifier", str(weights), dataset=str(dataset))
+        steps.append("alice registered model credit-mlp (weights hashed) with its applicants' records")
 
         # A data-erasure request under GDPR: identity first, then four-eyes approval.
-        gdpr = api.request_submit(
-            as_("alice"),
-            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "jane.doe@example.org",
-             "forget": {"texts": ["Jane Doe, born 1984 in Lyon, works at Acme"]}, "idempotency_key": "ticket-1001"},
-        )
-        again = api.request_submit(
-            as_("alice"),
-            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "jane.doe@example.org",
-             "forget": {"texts": ["Jane Doe, born 1984 in Lyon, works at Acme"]}, "idempotency_key": "ticket-1001"},
-        )
+        jane = {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "jane.doe@example.org",
+                "forget": {"corpus_ids": ["applicant-0007"]}, "idempotency_key": "ticket-1001"}
+        try:
+            api.request_submit(as_("alice"), {**jane, "forget": {"corpus_ids": ["applicant-7"]}})
+        except api.InputError as exc:
+            steps.append(f"alice mistyped the record id: refused at intake ({exc.field}: {exc.message.split(';')[0]})")
+        gdpr = api.request_submit(as_("alice"), jane)
+        again = api.request_submit(as_("alice"), jane)
         steps.append(f"alice submitted {gdpr['id']} ({gdpr['status']}); resubmitting ticket-1001 returned {again['id']}")
         dup = api.request_submit(
             as_("carol"),
@@ -128,28 +145,30 @@ def run(home: Path, *, with_models: bool = True, progress=None) -> dict[str, Any
             steps.append(f"alice tried to approve her own request: refused ({exc.message.split(': ', 1)[-1]})")
         approved = api.request_approve(as_("bob"), gdpr["id"])
         steps.append(f"bob approved {gdpr['id']}: {approved['status']}, due {approved['effective_due_at'][:10]}")
-        api.request_hold(as_("bob"), gdpr["id"], "forgetting for tabular models is not deployed yet")
-        steps.append(f"bob put {gdpr['id']} on hold until the tabular pipeline is deployed")
+        api.request_hold(as_("bob"), gdpr["id"], "legal review of the loan file")
+        steps.append(f"bob put {gdpr['id']} on hold for a legal review of the loan file")
 
-        # A concept request: no identity check; put on hold with the clock paused, then released.
-        concept = api.request_submit(
+        # A second applicant: held with the clock paused while the subject is asked a question, released,
+        # then extended.
+        second = api.request_submit(
             as_("alice"),
-            {"model": "credit-mlp", "policy": "class-removal", "subject": "product-team",
-             "forget": {"labels": ["withdrawn-product"]}},
+            {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "max.muster@example.org",
+             "forget": {"corpus_ids": ["applicant-0003", "applicant-0011"]}},
         )
-        api.request_hold(as_("bob"), concept["id"], "waiting for the label list", pause_clock=True)
-        released = api.request_release(as_("bob"), concept["id"])
-        steps.append(f"{concept['id']} held with the clock paused and released: back to {released['status']}")
+        api.request_hold(as_("bob"), second["id"], "asked the subject which applications", pause_clock=True)
+        released = api.request_release(as_("bob"), second["id"])
+        steps.append(f"{second['id']} held with the clock paused and released: back to {released['status']}")
         extended = api.request_extend(
-            as_("bob"), concept["id"], months=2, reason="large label set", notified_at=api.utcnow().isoformat()
+            as_("bob"), second["id"], months=2, reason="two applications in two archives",
+            notified_at=api.utcnow().isoformat()
         )
-        steps.append(f"{concept['id']} extended by 2 months: due {extended['effective_due_at'][:10]}")
+        steps.append(f"{second['id']} extended by 2 months: due {extended['effective_due_at'][:10]}")
 
         # A request that is canceled and then crypto-shredded.
         canceled = api.request_submit(
             as_("carol"),
             {"model": "credit-mlp", "policy": "gdpr-erasure", "subject": "john.roe@example.org",
-             "forget": {"texts": ["John Roe's loan file"]}},
+             "forget": {"corpus_ids": ["applicant-0012"]}},
         )
         api.request_cancel(as_("carol"), canceled["id"], "withdrawn by the subject")
         api.request_shred(as_("carol"), canceled["id"])

@@ -7,6 +7,7 @@ dataset); retain and reference data come from the registered dataset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,15 @@ def _resolve(dataset, payloads: list[dict[str, Any]]) -> tuple[list[str], list[s
     if dataset is None:
         return forget_ids, texts, []
     return forget_ids, texts + dataset.texts_of(forget_ids), dataset.qa_of(forget_ids)
+
+
+def check_forget(spec: dict[str, Any], dataset: Callable[[], Any], *, model: str) -> None:
+    """At intake (forgetd.families.forget_spec): texts, and record ids the registered dataset holds."""
+    from forgetd.families import forget_spec
+
+    forget_spec.check_keys(spec, family="causal_lm", used=("texts", "corpus_ids"),
+                           forgets="texts (forget.texts) and records of the model's dataset (forget.corpus_ids)")
+    forget_spec.check_record_ids(spec, dataset, model=model)
 
 
 def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain: set[str] = frozenset()) -> ForgetData:

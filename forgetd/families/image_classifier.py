@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,36 @@ class ForgetData:
     def reference_eval(self) -> Images:
         """Never-trained samples of the remaining classes: what a forgotten subject's data should look like."""
         return self.splits[self.split][1]
+
+
+def check_forget(spec: dict[str, Any], dataset: Callable[[], Any], *, model: str) -> None:
+    """At intake (forgetd.families.forget_spec): classes the model has, and record ids its dataset holds."""
+    from forgetd.families import forget_spec
+
+    forget_spec.check_keys(spec, family="image_classifier", used=("labels", "corpus_ids"),
+                           forgets="classes (forget.labels) and records of the model's dataset (forget.corpus_ids)")
+    forget_spec.check_record_ids(spec, dataset, model=model)
+    if not spec.get("labels"):
+        return
+    registered = dataset()
+    if registered is None:
+        raise InputError(f"model {model} has no registered dataset to find its classes in; register it with "
+                         "`forgetd model register … --dataset FILE`", field="forget.labels")
+    known = set()
+    for record in registered.records.values():
+        for label in record.labels:
+            try:
+                known.add(_label(label))
+            except DomainError:
+                continue
+    for i, label in enumerate(spec["labels"]):
+        try:
+            value = _label(label)
+        except DomainError:
+            raise InputError("must be a class index", field=f"forget.labels[{i}]") from None
+        if value not in known:
+            shown = ", ".join(str(k) for k in sorted(known)[:12]) + (", …" if len(known) > 12 else "")
+            raise InputError(f"not a class of model {model} (its classes: {shown})", field=f"forget.labels[{i}]")
 
 
 def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain=frozenset()) -> ForgetData:

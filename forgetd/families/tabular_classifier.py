@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -317,6 +317,16 @@ def _rows(dataset, ids: Sequence[str], n_features: int | None):
     y = [int(label) for i in ids for label in dataset.records[i].labels]
     width = n_features if n_features is not None else (len(X[0]) if X else 0)
     return np.asarray(X, dtype=np.float32).reshape(len(X), width), np.asarray(y, dtype=np.int64)
+
+
+def check_forget(spec: dict[str, Any], dataset: Callable[[], Any], *, model: str) -> None:
+    """At intake (forgetd.families.forget_spec): record ids of the registered dataset that hold rows."""
+    from forgetd.families import forget_spec
+
+    forget_spec.check_keys(spec, family="tabular_classifier", used=("corpus_ids",),
+                           forgets="records of the model's dataset (forget.corpus_ids)")
+    forget_spec.check_record_ids(spec, dataset, model=model,
+                                 needs=lambda record: None if record.rows else "holds no tabular rows")
 
 
 def forget_data(

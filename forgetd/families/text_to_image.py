@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -350,6 +351,39 @@ def _vocabulary(dataset) -> tuple[dict[str, list[str]], list[str]]:
     if not shapes:
         raise DomainError("the model's dataset names no concepts (records with texts)", field="dataset.records")
     return shapes, colours
+
+
+def check_forget(spec: dict[str, Any], dataset: Callable[[], Any], *, model: str) -> None:
+    """At intake (forgetd.families.forget_spec): a concept the model's dataset lists (any synonym), optional
+    anchors, and a replacement that is not the concept itself."""
+    from forgetd.families import forget_spec
+
+    forget_spec.check_keys(spec, family="text_to_image", used=("concept", "anchors", "replacement"),
+                           forgets="a concept (forget.concept, optionally forget.anchors and forget.replacement)")
+    if not str(spec.get("concept") or "").strip():
+        raise InputError("a text_to_image request names the concept to erase", field="forget.concept")
+    for i, anchor in enumerate(spec.get("anchors") or []):
+        if not anchor.strip():
+            raise InputError("must not be blank", field=f"forget.anchors[{i}]")
+    if "replacement" in spec and not spec["replacement"].strip():
+        raise InputError("must not be blank; name a concept, or leave the key out", field="forget.replacement")
+    registered = dataset()
+    if registered is None:
+        raise InputError(f"model {model} has no registered dataset listing its concepts; register it with "
+                         "`forgetd model register … --dataset FILE`", field="forget.concept")
+    try:
+        shapes, _ = _vocabulary(registered)
+    except DomainError as exc:
+        raise InputError(exc.message, field="forget.concept") from None
+    by_word = {word.lower(): name for name, words in shapes.items() for word in words}
+    listed = ", ".join(sorted(shapes))
+    concept = by_word.get(spec["concept"].strip().lower())
+    if concept is None:
+        raise InputError(f"model {model}'s dataset does not list this concept (it lists: {listed}; any synonym "
+                         "of one will do)", field="forget.concept")
+    if "replacement" in spec and by_word.get(spec["replacement"].strip().lower()) == concept:
+        raise InputError("names the concept being erased; name another concept or leave it out",
+                         field="forget.replacement")
 
 
 def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain=frozenset(),

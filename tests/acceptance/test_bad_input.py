@@ -189,6 +189,18 @@ CASES = [
     Case("forget-concept-wrong-type", **submit_forget({"concept": 42}, "copyright-concept"), field="forget.concept"),
     Case("forget-concept-missing", **submit_forget({"prompts": ["a mouse"]}, "copyright-concept"), field="forget.concept"),
     Case("forget-labels-missing", **submit_forget({"labels": []}, "class-removal"), field="forget.labels"),
+    # well formed, but not something the model can forget: refused at intake instead of failing at training
+    Case("forget-texts-for-a-tabular-model", **submit_forget({"texts": ["Jane Doe's loan file"]}),
+         field="forget.texts", also=("forget.corpus_ids",)),
+    Case("forget-corpus-id-not-in-the-dataset", **submit_forget({"corpus_ids": ["applicant-0001", "applicant-9999"]}),
+         field="forget.corpus_ids[1]", also=("not a record of model credit-mlp",)),
+    Case("forget-policy-without-a-recipe-for-the-family", **submit_forget({"labels": [1]}, "class-removal"),
+         field="policy", also=("no recipe for tabular_classifier",)),
+    Case("import-line-not-in-the-dataset",
+         ("request", "import", "{in}/lines.jsonl"),
+         "line 2", files={"lines.jsonl": jsonl({**GOOD, "forget": {"corpus_ids": ["applicant-0001"]}},
+                                               {**GOOD, "subject": "b@example.org", "forget": {"corpus_ids": ["x"]}})},
+         also=("forget.corpus_ids[0]", "nothing imported")),
     Case("forget-files-dotdot", **submit_forget({"files": ["../../etc/passwd"]}), field="forget.files[0]"),
     Case("forget-files-absolute", **submit_forget({"files": ["/etc/passwd"]}), field="forget.files[0]"),
     Case("forget-files-symlink-file-outside", **submit_forget({"files": ["passwd"]}), field="forget.files[0]",
@@ -445,3 +457,45 @@ def test_a_metrics_port_in_use_is_refused_before_the_daemon_starts(model, cli_en
     line = assert_rejected(result, Case("metrics-port-in-use", (), "--metrics-port", also=(str(port), "in use")))
     assert "pick another port" in line
     assert row_counts(db_url) == before  # no service.* audit event: it never started
+
+
+def _with_file_size_limit(kib: int):
+    import resource
+
+    def limit() -> None:
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as a full disk fails with ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+
+    return limit
+
+
+def test_a_write_the_machine_refuses_is_named_and_leaves_nothing_behind(model, cli_env, db_url, tmp_path):
+    """A full disk (here: a file-size limit, which fails writes the same way without filling this machine's
+    disk) is the operator's to fix: exit 74 and a line that says what to do, not "internal error", and no
+    partial write: the database unchanged, an earlier export of the same name intact, no temporary file."""
+    import subprocess
+    import sys
+
+    def cli(args: list[str], kib: int):
+        return subprocess.run([sys.executable, "-m", "forgetd", *args], env=cli_env, capture_output=True, text=True,
+                              timeout=120, preexec_fn=_with_file_size_limit(kib))
+
+    tickets = tmp_path / "tickets.jsonl"
+    tickets.write_text(jsonl(*({**GOOD, "subject": f"s{i}@example.org"} for i in range(150))))
+    before = row_counts(db_url)
+    # the import's one transaction outgrows the limit in SQLite's write-ahead log: rolled back whole
+    refused = cli(["request", "import", str(tickets)], kib=36)
+    assert refused.returncode == 74, refused.stderr
+    assert refused.stderr.startswith("error: FORGETD_DATABASE_URL: ") and len(refused.stderr.splitlines()) == 1
+    assert "SQLITE_IOERR" in refused.stderr and "ulimit -f" in refused.stderr and "Traceback" not in refused.stderr
+    assert row_counts(db_url) == before
+
+    assert run_cli(["request", "import", str(tickets)], cli_env).returncode == 0
+    out = tmp_path / "exports" / "trail.jsonl"
+    out.parent.mkdir()
+    out.write_text("the export of last week\n")
+    refused = cli(["audit", "export", "--out", str(out)], kib=40)
+    assert refused.returncode == 74, refused.stderr
+    assert refused.stderr.startswith("error: File too large") and "ulimit -f" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    assert out.read_text() == "the export of last week\n" and [p.name for p in out.parent.iterdir()] == ["trail.jsonl"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -32,13 +33,13 @@ def test_submission_writes_receipt_and_intake_moves(ctx, model):
 
 
 def test_same_idempotency_key_returns_the_same_request(ctx, model):
-    first = _submit(ctx, model, idempotency_key="ticket-1", forget={"texts": ["a"]})
+    first = _submit(ctx, model, idempotency_key="ticket-1", forget={"corpus_ids": ["applicant-0001"]})
     before = (_count(ctx, Request), _count(ctx, AuditEvent))
-    second = _submit(ctx, model, idempotency_key="ticket-1", forget={"texts": ["a"]})
+    second = _submit(ctx, model, idempotency_key="ticket-1", forget={"corpus_ids": ["applicant-0001"]})
     assert second["id"] == first["id"] and second["created"] is False
     assert (_count(ctx, Request), _count(ctx, AuditEvent)) == before
     with pytest.raises(DomainError, match="idempotency key"):
-        _submit(ctx, model, idempotency_key="ticket-1", forget={"texts": ["b"]})
+        _submit(ctx, model, idempotency_key="ticket-1", forget={"corpus_ids": ["applicant-0002"]})
 
 
 def test_same_subject_model_scope_while_active_is_a_duplicate(ctx, model):
@@ -52,15 +53,39 @@ def test_same_subject_model_scope_while_active_is_a_duplicate(ctx, model):
     assert after_close["status"] == "identity_pending", "a closed request no longer makes new ones duplicates"
 
 
-def test_concept_scope_distinguishes_concepts(ctx, model):
-    def concept(name):
-        return api.request_submit(
-            ctx, {"model": model, "policy": "copyright-concept", "subject": "rights-holder", "forget": {"concept": name}}
-        )
+def test_concept_scope_distinguishes_concepts():
+    from forgetd.enums import RequestKind
+    from forgetd.intake import scope_text
 
-    first = concept("Snoopy the dog")
-    assert concept("snoopy  THE dog")["status"] == "duplicate"
-    assert concept("Garfield")["status"] == first["status"] == "pending_review"
+    def scope(name):
+        return scope_text(RequestKind.concept, {"concept": name})
+
+    # the same concept however it is cased and spaced is one demand (a duplicate); another concept is not
+    assert scope("Snoopy the dog") == scope("snoopy  THE dog")
+    assert scope("Snoopy the dog") != scope("Garfield")
+    assert scope_text(RequestKind.data, {"corpus_ids": ["a"]}) == scope_text(RequestKind.data, {"texts": ["b"]})
+
+
+def test_a_request_that_does_not_fit_its_model_is_refused_and_nothing_is_written(ctx, model, tmp_path):
+    """Found only at training before: after identity checks and four-eyes approval, the request failed."""
+    before = api.audit_verify(ctx)["checked"]
+    for forget, field in (({"corpus_ids": ["applicant-0001", "applicant-0999"]}, "forget.corpus_ids[1]"),
+                          ({"texts": ["Jane Doe's loan file"]}, "forget.texts")):
+        with pytest.raises(InputError) as raised:
+            _submit(ctx, model, forget=forget)
+        assert raised.value.field == field
+    with pytest.raises(InputError, match="no recipe for tabular_classifier models") as raised:
+        api.request_submit(ctx, {"model": model, "policy": "class-removal", "subject": "team",
+                                 "forget": {"labels": [1]}})
+    assert raised.value.field == "policy"
+    lines = tmp_path / "tickets.jsonl"
+    lines.write_text("\n".join(json.dumps({"model": model, "policy": "gdpr-erasure", "subject": f"s{i}@example.org",
+                                            "forget": {"corpus_ids": [rid]}})
+                               for i, rid in enumerate(["applicant-0001", "applicant-0404", "applicant-0002"])) + "\n")
+    with pytest.raises(InputError, match=r"invalid lines 2; nothing imported.*forget.corpus_ids\[0\]"):
+        api.request_import(ctx, lines)
+    assert api.request_list(ctx) == [] and api.audit_verify(ctx)["checked"] == before
+    assert _submit(ctx, model, forget={"corpus_ids": ["applicant-0001"]})["status"] == "identity_pending"
 
 
 def test_identity_pause_extends_the_due_date(ctx, model):
@@ -119,8 +144,8 @@ def test_list_filters(ctx, model):
 
 
 def test_shred_makes_the_payload_undecryptable_and_keeps_the_chain(ctx, model):
-    record = _submit(ctx, model, forget={"texts": ["secret text"]})
-    assert api.request_show(ctx, record["id"], include_payload=True)["payload"] == {"texts": ["secret text"]}
+    record = _submit(ctx, model, forget={"corpus_ids": ["applicant-0005"]})
+    assert api.request_show(ctx, record["id"], include_payload=True)["payload"] == {"corpus_ids": ["applicant-0005"]}
     with pytest.raises(DomainError, match="closed"):
         api.request_shred(ctx, record["id"])
     api.request_cancel(ctx, record["id"], "withdrawn")
