@@ -558,7 +558,24 @@ def fit_shapes_t2i(
     """Train everything in memory (see the module docstring); models come back in eval mode."""
     cfg = cfg or ShapesConfig()
     with _torch_threads(threads), _no_hf_progress_bars():
-        return _train(cfg, progress)
+        return _train(cfg, _pinned(progress, threads))
+
+
+def _pinned(progress: Progress | None, threads: int | None) -> Progress | None:
+    """`progress` that cannot change the build's thread count: a callback that takes free cores (the demo's
+    second process does, forgetd.demo.prebuild.FreeCores) would give a build that is neither a one-thread
+    build nor a two-thread one, which the cache then records as two threads and builds again."""
+    if progress is None or not threads:
+        return progress
+
+    def show(event: dict[str, Any]) -> None:
+        import torch
+
+        progress(event)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    return show
 
 
 def _train(cfg: ShapesConfig, progress: Progress | None) -> TrainedShapes:

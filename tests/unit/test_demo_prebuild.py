@@ -75,3 +75,26 @@ def test_cores_file_without_a_count_keeps_one_thread(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert prebuild.FreeCores(None).free()  # nothing to wait for
+
+
+def test_a_build_keeps_its_threads_whatever_its_progress_callback_does():
+    """The demo's shapes process took the parent's freed cores at a build's progress event, half way through
+    the unet: the entry recorded two threads, was not a one-thread build, and every later demo built it again
+    (cached demo 149 s on an Intel Xeon, 137 of them rebuilding). A build's thread count is now pinned."""
+    import torch
+
+    from forgetd.demo import shapes
+
+    cfg = shapes.ShapesConfig(colours=("red",), n_images=64, vae_steps=100, vae_batch=8, unet_steps=1,
+                              unet_batch=8, verifier_steps=1, verifier_batch=8)
+    before = torch.get_num_threads()
+    seen = []
+
+    def takes_the_cores(event):
+        seen.append(torch.get_num_threads())
+        torch.set_num_threads(2)
+
+    trained = shapes.fit_shapes_t2i(cfg, takes_the_cores, threads=1)
+    assert seen and set(seen) == {1}, "every event (the vae's step 100, done) found the build on one thread"
+    assert trained.metrics["threads"] == 1
+    assert torch.get_num_threads() == before
