@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from forgetd.db.types import UTCDateTime
+from forgetd.db.types import Real, UTCDateTime
 from forgetd.enums import RequestKind
 from forgetd.lifecycle import RequestStatus
 
@@ -261,8 +261,8 @@ class Evaluation(Base):
     target_id: Mapped[int] = mapped_column(Integer)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
     metric: Mapped[str] = mapped_column(String(64))
-    value: Mapped[float] = mapped_column(Float)
-    threshold: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Real)
+    threshold: Mapped[float | None] = mapped_column(Real)
     passed: Mapped[bool | None] = mapped_column(Boolean)
     evidence_uri: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
