@@ -9,9 +9,9 @@ import math
 
 from sqlalchemy import select
 
+from forgetd.api import utcnow
 from forgetd.db.engine import session_scope
 from forgetd.db.models import Evaluation
-from forgetd.api import utcnow
 
 
 def test_nan_and_infinite_check_values_are_stored_and_read_back(ctx):
