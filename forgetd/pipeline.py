@@ -465,9 +465,29 @@ def evaluate_adapter(ctx, public_id: str, *, now_fn) -> bool | None:
                   reason="adapter failed verification: " + "; ".join(c.describe() for c in bad), now=now,
                   actor="system:evaluator")
             return False
+        row = s.get(Adapter, adapter_id)
+        if row.status == "rejected" and not _failed_by_another(s, adapter_id, request.id):
+            # rejected by this request's earlier evaluation, verified now (`request retry` from evaluate, e.g.
+            # after a policy or a check was fixed): left rejected, the composer failed the request at once,
+            # blaming another request
+            row.status = "trained"
         lifecycle.move(s, request, St.awaiting_compose, actor="system:evaluator", now=now, policy=None,
                        reason_code="adapter_verified")
         return True
+
+
+def _failed_by_another(s, adapter_id: int, request_id: int) -> bool:
+    """Whether a request sharing the adapter failed its latest verification of it."""
+    rows = s.execute(select(Evaluation.request_id, Evaluation.created_at, Evaluation.passed).where(
+        Evaluation.target_kind == "adapter", Evaluation.target_id == adapter_id,
+        Evaluation.request_id != request_id)).all()
+    latest: dict[int, tuple[Any, list]] = {}
+    for rid, at, passed in rows:
+        if rid not in latest or at > latest[rid][0]:
+            latest[rid] = (at, [passed])
+        elif at == latest[rid][0]:
+            latest[rid][1].append(passed)
+    return any(False in passes for _, passes in latest.values())
 
 
 # --- stage 4: compose a candidate checkpoint -----------------------------------------------------------
@@ -529,8 +549,9 @@ def compose(ctx, model_name: str, *, now_fn, max_batch: int = 16, resume: bool =
             request = _lock_request(s, public_id)
             if request.status in takeable:
                 _fail(s, request, reason_code="adapter_rejected", now=now, actor="system:composer",
-                      reason="its adapter, shared with another request, failed that request's verification; "
-                             "retry from training (forgetd request retry ID --from train)")
+                      reason="its adapter was rejected at a verification (this request's, or that of a request "
+                             "sharing it); verify it again (forgetd request retry ID --from evaluate) or train a "
+                             "new one (--from train)")
         good = []
         for public_id, sha in pairs:
             request = _lock_request(s, public_id)

@@ -501,8 +501,13 @@ def checks(metrics: dict[str, Any], original: dict[str, Any], thresholds: dict[s
     per_subject = "leave_out_loss_min_ratio" in thresholds
     if per_subject:
         t = thresholds["leave_out_loss_min_ratio"]
-        bound = get(original, "leave_out_loss")
-        ratio = get(metrics, "forget_loss") / bound if bound and not math.isnan(bound) else nan
+        bound, loss = get(original, "leave_out_loss"), get(metrics, "forget_loss")
+        if bound == 0 and loss >= 0:
+            # a model that never saw these rows would predict them perfectly: any loss is at or above that
+            # (0/0 read as "at the estimate"; was NaN, which failed every request for such rows)
+            ratio = 1.0 if loss == 0 else math.inf
+        else:
+            ratio = loss / bound if bound and not math.isnan(bound) else nan
         out.append(Check("forget_loss_vs_leave_out", ratio, t, ok(ratio, ratio >= t - 1e-12)))
     if "forget_qa_acc_max_over_reference" in thresholds and not per_subject:
         t = thresholds["forget_qa_acc_max_over_reference"]

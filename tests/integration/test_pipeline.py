@@ -122,9 +122,34 @@ def test_a_shared_adapter_rejected_for_one_request_is_composed_for_none(pipe):
     # composing fails the request that passed (its adapter is gone) instead of crashing, and builds nothing
     assert pipeline.compose(ctx, "lm", now_fn=api.utcnow) is None
     shown = api.request_show(ctx, passing)
-    assert shown["status"] == "failed" and "shared with another request" in shown["status_reason"]
+    assert shown["status"] == "failed" and "sharing it" in shown["status_reason"]
     assert api.request_show(ctx, refused)["status"] == "failed"
     assert [c["version"] for c in api.checkpoint_list(ctx, "lm")] == [0]
+    # the policy loosened again: verifying the adapter again for the request that passed does not undo the
+    # other request's rejection, verifying it again for that one does, and it is composed for both
+    policy.write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=1.0))
+    api.request_retry(ctx, passing, "evaluate")
+    assert pipeline.evaluate_adapter(ctx, passing, now_fn=api.utcnow) is True
+    assert pipeline.compose(ctx, "lm", now_fn=api.utcnow) is None
+    api.request_retry(ctx, refused, "evaluate")
+    assert pipeline.evaluate_adapter(ctx, refused, now_fn=api.utcnow) is True
+    api.request_retry(ctx, passing)  # from compose, where it failed
+    report = api.tick(ctx)
+    assert sorted(report["completed"]) == sorted([passing, refused]) and report["candidates"] == ["lm@v1"]
+
+
+def test_a_request_verified_again_after_its_own_rejection_completes(pipe):
+    """`request retry` after a failed verification (a threshold fixed since) re-verifies the adapter; the
+    composer used to find it still rejected and failed the request, blaming another request."""
+    ctx, people = pipe
+    policy = ctx.settings.policies_dir / "loose.yaml"
+    policy.write_text(POLICY.format(name="loose", qa=1.0, retain=1.5, mia=1.0))
+    one = _submit(ctx, people[0])
+    assert api.tick(ctx)["completed"] == [] and api.request_show(ctx, one)["failed_step"] == "evaluate"
+    policy.write_text(POLICY.format(name="loose", qa=1.0, retain=0.0, mia=1.0))
+    assert api.request_retry(ctx, one)["status"] == "evaluating"
+    report = api.tick(ctx)
+    assert report["completed"] == [one] and report["candidates"] == ["lm@v1"]
 
 
 def test_stored_artifacts_load_with_stock_libraries(pipe):

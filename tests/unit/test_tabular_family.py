@@ -221,6 +221,12 @@ def test_leave_out_check_replaces_population_checks_and_fails_closed():
     assert failing(tc.checks(dict(metrics, forget_loss=0.4), original, thresholds))[0].metric == "forget_loss_vs_leave_out"
     assert failing(tc.checks(metrics, {"retain_acc": 0.8}, thresholds))[0].metric == "forget_loss_vs_leave_out"
     assert failing(tc.checks(dict(metrics, forget_loss=math.nan), original, thresholds))
+    # rows a model would predict perfectly without ever seeing them (leave-out estimate 0): any loss passes,
+    # where 0/0 used to be NaN and failed every such request (the lifecycle demo's saturated model)
+    at_zero = tc.checks(dict(metrics, forget_loss=0.0), dict(original, leave_out_loss=0.0), thresholds)
+    assert not failing(at_zero) and at_zero[0].value == 1.0
+    above = tc.checks(dict(metrics, forget_loss=0.2), dict(original, leave_out_loss=0.0), thresholds)
+    assert not failing(above) and above[0].value == math.inf
 
 
 def test_training_failure_stores_nothing(trained, dataset, tmp_path):
