@@ -46,6 +46,14 @@ class ResourceError(ForgetdError):
     exit_code = 74
 
 
+class Unavailable(ForgetdError):
+    """Something a job needs is missing or unreadable now (a model file, a mount). Unlike other ForgetdErrors
+    a job retries it with backoff (it may be back shortly); when the attempts run out its request fails with
+    this message, which says what to restore."""
+
+    retryable = True
+
+
 class SchemaOutOfDate(ForgetdError):
     """The database schema is behind (or ahead of) this version of forgetd."""
 

@@ -169,7 +169,8 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
     taken too: the job that owned them died and is being retried.
 
     A ForgetdError (diverged training, a bad recipe) fails the requests: retrying cannot help. Any other
-    exception propagates with the requests left `training`, for the job layer to retry."""
+    exception, and errors.Unavailable (a model file gone for now), propagates with the requests left
+    `training`, for the job layer to retry."""
     from forgetd.families import family_module
     from forgetd.training.registry import get_recipe
 
@@ -244,6 +245,8 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except ForgetdError as exc:
+        if getattr(exc, "retryable", False):
+            raise  # errors.Unavailable: the job retries it; its message fails the requests when attempts run out
         with ctx.session() as s:
             for pid in public_ids:
                 request = _lock_request(s, pid)

@@ -37,10 +37,13 @@ def serve(ctx, executor, slots, gpus, poll_seconds, plan_seconds, sweep_seconds,
     """
     import logging
 
-    from forgetd import api
+    from forgetd import api, safe_traceback
     from forgetd.jobs.service import ServeOptions
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=log_level.upper(), format=log_format)
+    for handler in logging.getLogger().handlers:  # the service's log is kept: no exception messages in it
+        handler.setFormatter(safe_traceback.Formatter(log_format))
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check is not news
     options = ServeOptions(executor=executor, slots=slots, gpus=[g.strip() for g in gpus.split(",") if g.strip()],
                            poll_seconds=poll_seconds, plan_seconds=plan_seconds, sweep_seconds=sweep_seconds,

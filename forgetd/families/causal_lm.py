@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from forgetd.errors import DomainError, InputError, IntegrityFailure
+from forgetd.errors import DomainError, InputError, IntegrityFailure, Unavailable
 
 QA_PROMPT = "Question: {question} Answer:"
 
@@ -73,7 +73,14 @@ def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: st
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError):
+        # registration loaded it (check_model_dir), so its files went missing or broke since; the weight hash
+        # does not cover them. transformers' own message may quote file contents: not repeated.
+        raise Unavailable(f"the tokenizer under {model_dir} no longer loads (its files are missing or broken); "
+                          "restore the model directory as registered, then forgetd request retry",
+                          field="model") from None
 
 
 def check_model_dir(model_dir: Path) -> None:

@@ -4,6 +4,7 @@ context, a heartbeat thread, and the completion or failure written under the lea
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -66,11 +67,26 @@ class Heartbeat:
 
 
 def error_text(exc: BaseException) -> str:
-    from forgetd.errors import ForgetdError
+    """What the job's `last_error` says: forgetd's own errors are written to be safe; anything else by class
+    only (its message could quote data)."""
+    from forgetd.safe_traceback import describe
 
-    # Operator-facing errors are written to be safe; anything else is reported by class only (its
-    # message could quote data); the traceback goes to the job's log.
-    return str(exc) if isinstance(exc, ForgetdError) else type(exc).__name__
+    return describe(exc)
+
+
+def _report(claim: Claim, exc: BaseException, *, frames: bool) -> None:
+    """What a failed job prints: to a worker's job log (`frames`), which is kept, where it failed; to the
+    operator's terminal (`forgetd tick`) one line. The message only with FORGETD_DEBUG=1 (forgetd.safe_traceback)."""
+    from forgetd import safe_traceback
+
+    if safe_traceback.debugging():
+        traceback.print_exception(exc)
+        return
+    line = f"job {claim.job_id} ({claim.kind}) failed: {error_text(exc)}"
+    if frames:
+        print(f"{line}\n{safe_traceback.withheld(exc)}", file=sys.stderr)
+    else:
+        print(f"{line} (FORGETD_DEBUG=1 shows where)", file=sys.stderr)
 
 
 def settle_failure(ctx, claim: Claim, *, error: str, retryable: bool, backoff: Backoff,
@@ -99,8 +115,8 @@ def run_claim(ctx, claim: Claim, *, backoff: Backoff, progress: Progress | None 
             _lost(ctx, claim)
             return LEASE_LOST, None
         except Exception as exc:
-            traceback.print_exc()
-            retryable = not isinstance(exc, ForgetdError)
+            _report(claim, exc, frames=log_uri is not None)
+            retryable = not isinstance(exc, ForgetdError) or getattr(exc, "retryable", False)
             status = settle_failure(ctx, claim, error=error_text(exc), retryable=retryable, backoff=backoff,
                                     log_uri=log_uri() if log_uri else None)
             if status is None:

@@ -291,7 +291,10 @@ def test_ctrl_c_in_tick_gives_the_running_job_back(settings, cli_env, tmp_path, 
         out, _ = tick.communicate(timeout=60)
     finally:
         tick.kill()
-    assert tick.returncode == 1 and "Traceback" not in out, out
+    # exit 1 ("error: aborted"); on a loaded machine the process was seen to end on the SIGINT itself after
+    # printing that line (-2, 1 run in 3 with both cores busy): either way interrupted, without a traceback
+    assert tick.returncode in (1, -signal.SIGINT) and "Traceback" not in out, out
+    assert "error: aborted" in out or "error: interrupted" in out, out
     shown = api.job_show(ctx, job.id)
     assert shown["status"] == "queued" and shown["lease_owner"] is None, shown
     assert shown["max_attempts"] == job.max_attempts + 1  # the interrupted attempt does not count

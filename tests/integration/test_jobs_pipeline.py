@@ -91,6 +91,8 @@ def test_a_job_out_of_attempts_fails_its_requests_and_the_operator_retries(pipe)
     assert train["status"] == "dead" and train["attempts"] == 2
     shown = api.request_show(ctx, request_id)
     assert shown["status"] == "failed" and "dead after 2 attempt(s)" in shown["status_reason"]
+    # named, with the fix (it was a bare ValueError): the weight hash does not cover the tokenizer
+    assert "the tokenizer under" in shown["status_reason"] and "restore the model directory" in shown["status_reason"]
 
     tokenizer.write_bytes(saved)
     assert api.request_retry(ctx, request_id)["status"] == "scheduled"

@@ -423,3 +423,4 @@ def test_a_cuda_device_on_a_worker_without_one_is_refused_before_anything_change
     finally:
         auto.close()
     assert api.request_show(ctx, public_id)["status"] != "evaluating"
+
