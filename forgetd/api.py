@@ -308,6 +308,11 @@ def _store_dataset(ctx: Context, path: Path, *, family: str, model_dir: Path) ->
     from forgetd.families.causal_lm import needs_matched_split
 
     parsed = load_dataset_file(path)
+    from forgetd.families import family_module
+
+    check = getattr(family_module(family), "check_dataset", None)
+    if check is not None:
+        check(parsed, model_dir)
     how = "given" if parsed.reference_split else None
     if family == "causal_lm" and needs_matched_split(parsed):
         how = "matched"

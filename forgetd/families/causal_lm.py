@@ -103,6 +103,18 @@ def check_model_dir(model_dir: Path) -> None:
                          "save it beside the model (tokenizer.save_pretrained)", field=FIELD) from None
 
 
+def check_dataset(dataset, model_dir: Path) -> None:
+    """Registration: a causal LM's dataset is records of texts (and QA): retain (trained, must keep working)
+    and reference (never trained: what forgotten looks like) both hold texts."""
+    if any(record.rows or record.samples for record in dataset.records.values()):
+        raise InputError("its records hold rows or samples: that is a classifier's dataset; a causal LM's records "
+                         "hold texts and QA pairs", field="--dataset")
+    for group in ("retain", "reference"):
+        if not dataset.texts_of(list(getattr(dataset, group))):
+            raise InputError(f"{group} must name records that hold texts (retain: trained texts that must keep "
+                             "working; reference: texts the model never saw)", field="--dataset")
+
+
 # Module names per architecture: "mlp" targets the feed-forward block, "attn" the attention projections.
 _TARGETS = {
     "llama": {"mlp": ["gate_proj", "up_proj", "down_proj"], "attn": ["q_proj", "k_proj", "v_proj", "o_proj"]},

@@ -66,6 +66,30 @@ def load_tokenizer(model_dir: Path) -> None:
     return None
 
 
+def check_dataset(dataset, model_dir: Path) -> None:
+    """Registration: images in the file (`inputs`), a shape the model takes, labels among its classes."""
+    from forgetd.families.model_files import read_json_object
+
+    if dataset.inputs is None:
+        raise InputError("an image classifier's dataset carries its images (`inputs`: shape, scale, rows)",
+                         field="--dataset")
+    config = read_json_object(Path(model_dir), "config.json", what="Hugging Face ViT image classifier directory")
+    want = [config.get("num_channels", 3), config.get("image_size"), config.get("image_size")]
+    if list(dataset.inputs.shape) != want:
+        raise InputError(f"inputs.shape is {list(dataset.inputs.shape)}; the model takes {want} (channels, height, "
+                         "width, from its config.json)", field="--dataset")
+    classes = int(config.get("num_labels") or len(config.get("id2label") or {}) or 0)
+    for i, record in enumerate(dataset.records.values()):
+        for label in record.labels:
+            try:
+                ok = 0 <= _label(label) < classes
+            except DomainError:
+                ok = False
+            if not ok:
+                raise InputError(f"records[{i}] has a label that is not a class index of the model (0 to "
+                                 f"{classes - 1})", field="--dataset")
+
+
 def check_model_dir(model_dir: Path) -> None:
     """Registration's check (forgetd.families.model_files): a ViT config (what `load_model` loads) with its
     class labels, and whole safetensors files; the weights themselves are not loaded."""

@@ -256,6 +256,33 @@ def check_model_dir(model_dir: Path) -> None:
                          f"{list(config.hidden_sizes)} and {len(config.class_names)} classes", field=FIELD)
 
 
+def check_dataset(dataset, model_dir: Path) -> None:
+    """Registration: the dataset fits the model, or its first request would fail at training. Rows have the
+    model's features, labels are its classes, and retain and reference hold rows. Records are named by
+    position (their ids are subjects')."""
+    config = read_config(model_dir)
+    classes = len(config.class_names)
+    for i, record in enumerate(dataset.records.values()):
+        for row in record.rows:
+            if len(row) != config.n_features:
+                names = ", ".join(f.name for f in config.features[:4]) + (", …" if config.n_features > 4 else "")
+                raise InputError(f"records[{i}] has rows of {len(row)} values; the model takes {config.n_features} "
+                                 f"features ({names}), in its config's order", field="--dataset")
+        for label in record.labels:
+            try:
+                ok = not isinstance(label, bool) and 0 <= int(label) < classes and float(label) == int(label)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InputError(f"records[{i}] has a label that is not a class index of the model (0 to "
+                                 f"{classes - 1}: {', '.join(config.class_names)})", field="--dataset")
+    for group in ("retain", "reference"):
+        ids = getattr(dataset, group)
+        if not ids or not all(dataset.records[i].rows for i in ids):
+            raise InputError(f"{group} must name records that hold rows (retain: trained rows that must keep "
+                             "working; reference: rows the model never saw)", field="--dataset")
+
+
 def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: str = "float32"):
     import torch
     from safetensors.torch import load_file

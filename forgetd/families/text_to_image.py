@@ -103,6 +103,14 @@ def load_model(model_dir: Path, *, expected_sha256: str | None = None, dtype: st
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
+def check_dataset(dataset, model_dir: Path) -> None:
+    """Registration: the dataset lists the concepts requests may name (records of texts: a concept's synonyms)."""
+    try:
+        _vocabulary(dataset)
+    except DomainError as exc:
+        raise InputError(exc.message, field="--dataset") from None
+
+
 def check_model_dir(model_dir: Path) -> None:
     """Registration's check (forgetd.families.model_files): a diffusers StableDiffusionPipeline folder with
     its parts, forgetd's generation settings, the verifier, and whole safetensors files; nothing is loaded."""
