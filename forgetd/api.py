@@ -449,7 +449,7 @@ def _insert_request(ctx: Context, s, sub, *, now: datetime) -> tuple[Any, bool]:
     model = _get_model(s, sub.model, field="model")
     check_request_fits(ctx, model, policy, sub.forget)
     _lock_subject(s, subject_ref)
-    scope_ref = keyring.scope_ref(scope_text(sub.kind, sub.forget))
+    scope_ref = keyring.scope_ref(scope_text(sub.kind, _scope_forget(ctx, model, sub.forget)))
     public_id = _new_public_id()
     aad = public_id.encode()
     dek = keyring.new_data_key()
@@ -508,6 +508,15 @@ def check_request_fits(ctx: Context, model, policy, forget: dict[str, Any]) -> N
                          f"{hint}", field="policy")
     if forget:
         family_module(model.family).check_forget(forget, lambda: _registered_dataset(ctx, model), model=model.name)
+
+
+def _scope_forget(ctx: Context, model, forget: dict[str, Any]) -> dict[str, Any]:
+    """The specification as duplicates are found: a family may name what it forgets canonically (a concept
+    by its canonical name rather than the synonym the request used)."""
+    from forgetd.families import family_module
+
+    scope = getattr(family_module(model.family), "scope_forget", None)
+    return scope(forget, _registered_dataset(ctx, model)) if scope and forget else forget
 
 
 def _registered_dataset(ctx: Context, model):

@@ -111,6 +111,21 @@ def check_dataset(dataset, model_dir: Path) -> None:
         raise InputError(exc.message, field="--dataset") from None
 
 
+def scope_forget(spec: dict[str, Any], dataset) -> dict[str, Any]:
+    """The specification as intake compares it for duplicates: the concept by its canonical name, so that
+    "disc" filed after "circle" by the same subject is the same demand (forget_data erases the same concept).
+    Unchanged when the dataset does not list it (check_forget refuses that first)."""
+    if dataset is None or not isinstance(spec.get("concept"), str):
+        return spec
+    try:
+        shapes, _ = _vocabulary(dataset)
+    except DomainError:
+        return spec
+    by_word = {word.lower(): name for name, words in shapes.items() for word in words}
+    canonical = by_word.get(spec["concept"].strip().lower())
+    return {**spec, "concept": canonical} if canonical else spec
+
+
 def check_model_dir(model_dir: Path) -> None:
     """Registration's check (forgetd.families.model_files): a diffusers StableDiffusionPipeline folder with
     its parts, forgetd's generation settings, the verifier, and whole safetensors files; nothing is loaded."""

@@ -113,6 +113,23 @@ def _served_metrics(ctx, concepts: list[str]) -> dict:
             "served": family.evaluate(family.load_model(weights), verifier, data, original=original)}
 
 
+def test_a_synonym_of_a_concept_already_requested_is_a_duplicate(settings, tmp_path, shapes_model):
+    """forget_data erases "disc" as "circle": filed by the same subject, it is the same demand, and used to
+    become a second request (a second adapter for the same concept)."""
+    model_dir, dataset_path = shapes_model
+    ctx = _context(settings, tmp_path)
+    api.model_register(ctx, "shapes", "text_to_image", str(model_dir), dataset=str(dataset_path))
+
+    def submit(concept: str, subject: str = "rights-team@example.org") -> dict:
+        return api.request_submit(ctx, {"model": "shapes", "policy": "concepts", "subject": subject,
+                                        "forget": {"concept": concept}})
+
+    first = submit("circle")
+    assert submit("Disc")["duplicate_of"] == first["id"]
+    assert submit("box")["duplicate_of"] is None
+    assert submit("disc", subject="another-studio@example.org")["duplicate_of"] is None
+
+
 def test_concepts_are_erased_through_the_pipeline(settings, tmp_path, shapes_model):
     import numpy as np
     from PIL import Image
