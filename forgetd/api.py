@@ -212,7 +212,6 @@ def policy_validate(path: Path, adapters_dir: Path | None = None) -> dict[str, A
 
 
 def _check_policy_recipes(policy, adapters_dir: Path, *, source: str) -> None:
-    from forgetd.errors import ForgetdError
     from forgetd.training.registry import get_recipe
 
     for family, recipe in sorted(policy.recipes.items()):
@@ -305,11 +304,10 @@ def _store_dataset(ctx: Context, path: Path, *, family: str, model_dir: Path) ->
     import tempfile
 
     from forgetd.datasets import load_dataset_file
+    from forgetd.families import family_module
     from forgetd.families.causal_lm import needs_matched_split
 
     parsed = load_dataset_file(path)
-    from forgetd.families import family_module
-
     check = getattr(family_module(family), "check_dataset", None)
     if check is not None:
         check(parsed, model_dir)

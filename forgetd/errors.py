@@ -11,6 +11,7 @@ class ForgetdError(Exception):
     """Base of every error forgetd reports to an operator without a traceback."""
 
     exit_code = 1
+    retryable = False  # whether a job that raises it is tried again (errors.Unavailable)
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)

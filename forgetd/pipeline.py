@@ -124,7 +124,9 @@ def _fail(s, request: Request, *, reason_code: str, reason: str, now, actor: str
 
 def _error_text(exc: BaseException) -> str:
     # Operator-facing errors are written to be safe; anything else is reported by class only.
-    return str(exc) if isinstance(exc, ForgetdError) else type(exc).__name__
+    from forgetd.safe_traceback import describe
+
+    return describe(exc)
 
 
 def _lock_request(s, public_id: str) -> Request:
@@ -245,7 +247,7 @@ def train(ctx, public_ids: list[str], *, now_fn, progress: Progress | None = Non
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except ForgetdError as exc:
-        if getattr(exc, "retryable", False):
+        if exc.retryable:
             raise  # errors.Unavailable: the job retries it; its message fails the requests when attempts run out
         with ctx.session() as s:
             for pid in public_ids:

@@ -121,7 +121,7 @@ def scope_forget(spec: dict[str, Any], dataset) -> dict[str, Any]:
         shapes, _ = _vocabulary(dataset)
     except DomainError:
         return spec
-    by_word = {word.lower(): name for name, words in shapes.items() for word in words}
+    by_word = _concept_of(shapes)
     canonical = by_word.get(spec["concept"].strip().lower())
     return {**spec, "concept": canonical} if canonical else spec
 
@@ -376,6 +376,11 @@ def _vocabulary(dataset) -> tuple[dict[str, list[str]], list[str]]:
     return shapes, colours
 
 
+def _concept_of(shapes: dict[str, list[str]]) -> dict[str, str]:
+    """Any word of a concept (lower case) → its canonical name."""
+    return {word.lower(): name for name, words in shapes.items() for word in words}
+
+
 def check_forget(spec: dict[str, Any], dataset: Callable[[], Any], *, model: str) -> None:
     """At intake (forgetd.families.forget_spec): a concept the model's dataset lists (any synonym), optional
     anchors, and a replacement that is not the concept itself."""
@@ -398,7 +403,7 @@ def check_forget(spec: dict[str, Any], dataset: Callable[[], Any], *, model: str
         shapes, _ = _vocabulary(registered)
     except DomainError as exc:
         raise InputError(exc.message, field="forget.concept") from None
-    by_word = {word.lower(): name for name, words in shapes.items() for word in words}
+    by_word = _concept_of(shapes)
     listed = ", ".join(sorted(shapes))
     concept = by_word.get(spec["concept"].strip().lower())
     if concept is None:
@@ -415,7 +420,7 @@ def forget_data(dataset, payloads: list[dict[str, Any]], *, exclude_from_retain=
     A concept may be named by any of its synonyms. Concepts in `exclude_from_retain` (what other requests of
     the model erase) are neither judged as "other" concepts nor used as anchors."""
     shapes, colours = _vocabulary(dataset)
-    by_word = {word.lower(): name for name, words in shapes.items() for word in words}
+    by_word = _concept_of(shapes)
     targets: list[str] = []
     anchors: list[str] = []
     replacement = None

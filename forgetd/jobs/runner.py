@@ -116,7 +116,7 @@ def run_claim(ctx, claim: Claim, *, backoff: Backoff, progress: Progress | None 
             return LEASE_LOST, None
         except Exception as exc:
             _report(claim, exc, frames=log_uri is not None)
-            retryable = not isinstance(exc, ForgetdError) or getattr(exc, "retryable", False)
+            retryable = not isinstance(exc, ForgetdError) or exc.retryable
             status = settle_failure(ctx, claim, error=error_text(exc), retryable=retryable, backoff=backoff,
                                     log_uri=log_uri() if log_uri else None)
             if status is None:

@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     from forgetd import api, safe_traceback
     from forgetd.config import load_settings
     from forgetd.jobs.executors.local import log_path_for, store_log
+    from forgetd.jobs.runner import run_claim
+    from forgetd.jobs.service import backoff_from_settings
 
     if not safe_traceback.debugging():
         # anything that escapes run_claim lands in the job's log, which is kept: no exception messages there
         sys.excepthook = lambda _type, exc, _tb: print(safe_traceback.withheld(exc), file=sys.stderr)
-    from forgetd.jobs.runner import run_claim
-    from forgetd.jobs.service import backoff_from_settings
 
     threads = os.environ.get("FORGETD_TORCH_THREADS")
     if threads:
